@@ -54,5 +54,5 @@ def exit_code_for(error: SbxError) -> int:
     """Return the documented exit status for `error`."""
     for cls in type(error).__mro__:
         if cls in EXIT_CODES:
-            return EXIT_CODES[cls]  # type: ignore[index]
+            return EXIT_CODES[cls]
     return GENERIC_EXIT

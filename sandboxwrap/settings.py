@@ -285,8 +285,8 @@ def _insert(text: str) -> str:
     while prefix_start > 0 and text[prefix_start - 1] in _WS:
         prefix_start -= 1
     lead = text[prefix_start : last.start]
-    if len(members) >= 2 or "\n" in lead:
-        between = lead
-    else:
+    between = lead
+    if len(members) < 2 and "\n" not in lead:
+        # One member on one line: a space after the comma only if the file uses ": ".
         between = " " if sep.endswith(" ") else ""
     return f"{text[: last.end]},{between}{key}{sep}{value}{text[last.end :]}"
