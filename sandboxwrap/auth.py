@@ -418,7 +418,7 @@ def resolve_auth(
     elif login is not None:
         detected, auto_reason = "oauth", _oauth_reason(login)
     else:
-        detected, auto_reason = "none", "no API key or login found"
+        detected, auto_reason = "none", "no API key or login found on this host"
 
     if override == "auto":
         mode, reason, decided_by, precedence = detected, auto_reason, "auto", order

@@ -234,28 +234,30 @@ class Plugin:
                     return box
         return None
 
-    def create(self, request: RunRequest) -> tuple[str, str]:
+    def create(self, request: RunRequest, args: Sequence[str]) -> tuple[str, str]:
         """Create the sandbox a `run` request names, without starting the agent.
 
-        Returns the name and the plugin's output. Only options that shape the
-        sandbox are passed on; the user's own `run` is started unchanged later.
+        `create` takes the documented options (--name, -t, workspaces). When the
+        user's `run` has options `create` is not documented to take (template
+        pulling, flags sbx does not know), the user's own options go to the
+        plugin's `run -d` (create, print the id, do not start the agent) instead,
+        so the sandbox is made exactly as their `run` would make it.
+        Returns the name and the plugin's output.
         """
         assert request.agent is not None
-        args: list[str] = []
-        if request.debug:
-            args.append("-D")
-        args.append("create")
-        if request.name:
-            args += ["--name", request.name]
-        if request.template:
-            args += ["-t", request.template]
-        if request.load_local_template:
-            args.append("--load-local-template")
-        if request.pull_template:
-            args += ["--pull-template", request.pull_template]
-        args.append(request.agent)
-        args += request.workspaces or (".",)
-        proc = self._call(*args, timeout=600.0)
+        if request.load_local_template or request.pull_template or request.unknown_options:
+            own = list(args[: list(args).index("--")] if "--" in args else args)
+            argv = ["run", "-d", *own]
+        else:
+            argv = ["-D"] if request.debug else []
+            argv.append("create")
+            if request.name:
+                argv += ["--name", request.name]
+            if request.template:
+                argv += ["-t", request.template]
+            argv.append(request.agent)
+            argv += request.workspaces or (".",)
+        proc = self._call(*argv, timeout=600.0)
         self._check_plugin(proc)
         name = request.sandbox_name() or "?"
         output = (proc.stdout + proc.stderr).strip()
@@ -272,7 +274,9 @@ def parse_ls_json(text: str) -> list[SandboxInfo]:
     try:
         doc = json.loads(text or "{}")
     except json.JSONDecodeError as exc:
-        raise SandboxError(f"`docker sandbox ls --json` printed something that is not JSON: {exc}")
+        raise SandboxError(
+            f"`docker sandbox ls --json` printed something that is not JSON: {exc}"
+        ) from None
     items: object = []
     if isinstance(doc, dict):
         items = doc.get("vms") or doc.get("sandboxes") or []
@@ -297,8 +301,12 @@ def parse_ls_json(text: str) -> list[SandboxInfo]:
 
 
 def _one_line(text: str) -> str:
+    """The line of a plugin's output that says what went wrong (not its usage text)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+    for line in lines:
+        if re.search(r"error|fail|invalid|not |no such|cannot|unknown", line, re.IGNORECASE):
+            return line
+    return lines[0] if lines else "no output"
 
 
 def _create_hint(output: str) -> str:

@@ -133,12 +133,19 @@ def test_cli_prints_only_code_and_uses_its_own_path(tmp_path: Path) -> None:
     assert f"{sys.executable} -m sandboxwrap run" in proc.stdout
     for line in proc.stdout.splitlines():
         stripped = line.strip()
-        assert stripped.startswith("#") or not stripped or "docker" in stripped or stripped in {
-            "fi",
-            "else",
-            "}",
-            "shift 2",
-        } or stripped.startswith(("if ", f"{sys.executable}")), line
+        assert (
+            stripped.startswith("#")
+            or not stripped
+            or "docker" in stripped
+            or stripped
+            in {
+                "fi",
+                "else",
+                "}",
+                "shift 2",
+            }
+            or stripped.startswith(("if ", f"{sys.executable}"))
+        ), line
 
 
 def test_cli_refuses_unknown_shell() -> None:
@@ -159,5 +166,6 @@ def test_cli_refuses_unknown_shell() -> None:
         text=True,
         check=False,
     )
-    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.returncode != 0
+    assert proc.stdout == ""
     assert "bash, zsh, fish" in proc.stderr

@@ -76,7 +76,9 @@ def test_flags() -> None:
     req = parse_run_args(
         ["-D", "--load-local-template", "--pull-template", "never", "-d", "claude", "ws"]
     )
-    assert req.debug and req.load_local_template and req.detached
+    assert req.debug
+    assert req.load_local_template
+    assert req.detached
     assert req.pull_template == "never"
     assert req.workspaces == ("ws",)
     assert parse_run_args(["-dD", "claude"]).detached
@@ -96,7 +98,8 @@ def test_other_agents(agent: str) -> None:
 
 def test_nothing() -> None:
     req = parse_run_args([])
-    assert req.agent is None and req.sandbox is None
+    assert req.agent is None
+    assert req.sandbox is None
     assert req.sandbox_name() is None
 
 

@@ -1,0 +1,233 @@
+"""`sbx run`: resolve auth, make sure the sandbox exists and is patched, then start the plugin."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import NoReturn
+
+from sandboxwrap import auth as auth_mod
+from sandboxwrap import plugin as plugin_mod
+from sandboxwrap.config import Settings, log_dir
+from sandboxwrap.log import Reporter
+from sandboxwrap.patch import Patcher, PatchOptions, PatchResult, Watcher
+
+SECRET_ENV = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN")
+"""Host variables whose values must never reach a transcript or a message."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything `sbx run` needs besides the user's arguments."""
+
+    settings: Settings
+    reporter: Reporter
+    environ: Mapping[str, str]
+    force: bool = False
+    auth_source: str = "auto"
+    """Where settings.auth came from: "flag", "env", "config" or "auto"."""
+
+
+def secrets_of(environ: Mapping[str, str]) -> list[str]:
+    """The host secret values to scrub from anything sbx writes."""
+    return [environ[k] for k in SECRET_ENV if environ.get(k)]
+
+
+def resolve(ctx: RunContext) -> auth_mod.AuthResolution:
+    """Resolve the host's auth mode with the user's settings."""
+    s = ctx.settings
+    return auth_mod.resolve_auth(
+        ctx.environ,
+        override=s.auth,
+        override_source=ctx.auth_source,
+        prefer=s.prefer,
+        profile_check=s.profile_check,
+    )
+
+
+def make_patcher(
+    plugin: plugin_mod.Plugin, name: str, mode: str, ctx: RunContext, workspace: str | None
+) -> Patcher:
+    """A Patcher that reaches `name` through `docker sandbox exec -it`."""
+    s = ctx.settings
+    options = PatchOptions(
+        shell=s.shell,
+        boot_timeout=s.boot_timeout,
+        timeout=s.timeout,
+        force=ctx.force,
+        log_dir=log_dir(ctx.environ),
+        secrets=tuple(secrets_of(ctx.environ)),
+    )
+    return Patcher(
+        lambda shell: plugin.argv("exec", "-it", name, *shell.split()),
+        name,
+        mode,
+        options,
+        ctx.reporter,
+        workspace=workspace,
+        env=ctx.environ,
+    )
+
+
+def report(
+    ctx: RunContext, resolution: auth_mod.AuthResolution, result: PatchResult
+) -> None:
+    """Print the one-line summary and any warnings."""
+    ctx.reporter.info(
+        f"{resolution.mode} ({resolution.reason}): {result.phrase} in {result.sandbox}"
+    )
+    if result.backup:
+        ctx.reporter.info(f"backup of the previous file: {result.backup}")
+    for warning in (*resolution.warnings, *result.warnings):
+        ctx.reporter.warn(warning)
+
+
+def run(args: Sequence[str], ctx: RunContext) -> int:
+    """Do everything `sbx run ARGS` promises; returns the exit status (or execs the plugin)."""
+    rep = ctx.reporter
+    plugin = plugin_mod.Plugin.find(ctx.settings.docker, ctx.environ)
+    request = plugin_mod.parse_run_args(args)
+
+    if request.agent is not None and request.agent != "claude":
+        rep.step(f"agent {request.agent} does not read Claude's settings.json: passing through")
+        exec_plugin(plugin, args)
+
+    resolution = None
+    if request.agent == "claude" or request.sandbox is not None:
+        # Before anything starts: the decision must not depend on what the plugin does.
+        resolution = resolve(ctx)
+        rep.step(f"auth mode: {resolution.mode} ({resolution.reason})")
+
+    if resolution is None:
+        rep.step("no agent or sandbox named: passing through to the plugin")
+        exec_plugin(plugin, args)
+
+    version, line = plugin.version()
+    rep.step(f"plugin: {line or 'version unknown'}")
+    if version is not None and version < plugin_mod.MICROVM_SINCE:
+        rep.warn(
+            f"this sandbox plugin ({line}) runs containers, not microVMs; sbx supports "
+            "plugin v0.7 and later (Docker Desktop 4.58+) and passes through without patching"
+        )
+        exec_plugin(plugin, args)
+    if request.unknown_options:
+        rep.step(
+            "options sbx does not know (assumed to take no value): "
+            + " ".join(request.unknown_options)
+        )
+
+    box = plugin.find_sandbox(request)
+    if box is None and request.sandbox is not None:
+        rep.step(f"no sandbox named {request.sandbox}: the plugin will say so")
+        exec_plugin(plugin, args)
+    if box is not None and box.agent not in (None, "claude"):
+        rep.step(f"sandbox {box.name} runs {box.agent}: passing through")
+        exec_plugin(plugin, args)
+
+    if box is None:
+        name = request.sandbox_name() or "?"
+        rep.step(f"creating sandbox {name} (without starting the agent)")
+        name, output = plugin.create(request, args)
+        for line_out in output.splitlines():
+            rep.step(f"plugin: {line_out}")
+        workspace: str | None = request.workspace
+    else:
+        name = box.name
+        workspace = box.workspaces[0] if box.workspaces else None
+        if workspace is None and request.agent:
+            workspace = request.workspace
+        rep.step(f"reusing sandbox {name}")
+
+    patcher = make_patcher(plugin, name, resolution.mode, ctx, workspace)
+    try:
+        result = patcher.apply()
+        report(ctx, resolution, result)
+        watch = ctx.settings.watch
+        if watch <= 0 or request.detached:
+            patcher.close()
+            exec_plugin(plugin, args)
+        return supervise(plugin, args, Watcher(patcher, watch), ctx)
+    finally:
+        patcher.close()
+
+
+def exec_plugin(plugin: plugin_mod.Plugin, args: Sequence[str]) -> NoReturn:
+    """Become `docker sandbox run ARGS`: same terminal, signals and exit status."""
+    argv = plugin.argv("run", *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, dict(plugin.environ))
+
+
+def supervise(
+    plugin: plugin_mod.Plugin, args: Sequence[str], watcher: Watcher, ctx: RunContext
+) -> int:
+    """Run the plugin as a child while the watcher guards settings.json.
+
+    The child shares our terminal and process group, so keys like ^C and ^Z and
+    window resizes reach it directly; sbx ignores SIGINT/SIGQUIT like a shell
+    waiting for a job, forwards SIGTERM/SIGHUP, and ends with the child's status
+    (re-raising a fatal signal on itself so the caller sees the same thing).
+    """
+    argv = plugin.argv("run", *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    previous = {
+        sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)
+    }
+    child = subprocess.Popen(argv, env=dict(plugin.environ))
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, forward)
+    watcher.start()
+    try:
+        status = child.wait()
+    finally:
+        watcher.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for result in watcher.reapplied:
+        ctx.reporter.info(
+            f"settings.json in {result.sandbox} was rewritten after the agent started; "
+            f"{result.phrase} again"
+        )
+    if watcher.error is not None:
+        ctx.reporter.warn(f"stopped watching settings.json: {watcher.error.message}")
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    return status
+
+
+def patch_only(
+    plugin: plugin_mod.Plugin, name: str, workspace: str | None, ctx: RunContext
+) -> PatchResult:
+    """`sbx patch NAME`: fix an existing sandbox's settings.json without starting an agent."""
+    resolution = resolve(ctx)
+    known = {box.name: box for box in plugin.list()}
+    if name not in known:
+        from sandboxwrap.errors import SandboxError
+
+        raise SandboxError(
+            f"no sandbox named {name!r}",
+            hint="`docker sandbox ls` lists them; `sbx run claude PATH` creates one",
+        )
+    box = known[name]
+    if workspace is None and box.workspaces:
+        workspace = box.workspaces[0]
+    patcher = make_patcher(plugin, name, resolution.mode, ctx, workspace)
+    try:
+        result = patcher.apply()
+    finally:
+        patcher.close()
+    report(ctx, resolution, result)
+    return result
