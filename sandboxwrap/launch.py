@@ -180,6 +180,7 @@ def supervise(
     previous = {
         sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)
     }
+    watcher.start()
     child = subprocess.Popen(argv, env=dict(plugin.environ))
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -187,7 +188,6 @@ def supervise(
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         previous[sig] = signal.signal(sig, forward)
-    watcher.start()
     try:
         status = child.wait()
     finally:

@@ -206,20 +206,31 @@ class Watcher:
         self.error: SbxError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sbx-watch", daemon=True)
+        self._baseline: str | None = None
 
     def start(self) -> None:
-        """Begin watching in the background."""
+        """Note the file as sbx left it, then watch in the background.
+
+        Call before the agent starts: a re-seed that lands between the start
+        and the first look would otherwise become the baseline and go unseen.
+        """
+        try:
+            self._baseline = self.patcher.fingerprint()
+        except SbxError as exc:
+            self.error = exc
+            return
         self._thread.start()
 
     def stop(self) -> None:
         """Stop watching and wait for the thread (briefly)."""
         self._stop.set()
-        self._thread.join(timeout=self.patcher.options.timeout + 5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.patcher.options.timeout + 5)
 
     def _loop(self) -> None:
         deadline = time.monotonic() + self.duration
+        last = self._baseline
         try:
-            last = self.patcher.fingerprint()
             while not self._stop.wait(self.interval) and time.monotonic() < deadline:
                 now = self.patcher.fingerprint()
                 if now == last:
