@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import mockapi
 import pytest
@@ -56,7 +55,8 @@ def test_plain_docker_sandbox_run_gives_the_reported_401(
     sim, name = subscriber
     plain = sim.docker("sandbox", "run", name, "--", "-p", "hi", timeout=120)
     assert plain.returncode == 1
-    assert "401" in plain.stdout and "Invalid bearer token" in plain.stdout
+    assert "401" in plain.stdout
+    assert "Invalid bearer token" in plain.stdout
     assert {r.authorization for r in mock_api.messages()} == {"Bearer proxy-managed"}
 
 
