@@ -145,6 +145,10 @@ with open(path, "w") as fh:
 os.chmod(path, 0o600)
 EOF
 echo "   ~/.claude/.credentials.json: a subscription login (a fake token the mock accepts)"
+# You are a subscriber on this machine too (you ran `claude` and /login on the host once):
+# that is what tells sbx to use the login instead of an API key.
+mkdir -p "$HOME/.claude"
+cp "$SANDBOX_HOME/.claude/.credentials.json" "$HOME/.claude/.credentials.json"
 echo "   ~/.claude/settings.json:     $(cat "$SANDBOX_HOME/.claude/settings.json")"
 
 say "2. Plain docker sandbox run: the seeded apiKeyHelper wins over your login"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import mockapi
 import pytest
@@ -151,3 +152,26 @@ def test_no_credentials_is_asked_to_log_in(
     assert mock_api.messages() == []
     assert "apiKeyHelper" not in sim_claude.settings(name)
     assert "sbx: none (no API key or login found on this host): " in proc.stderr
+
+
+def test_the_demo_shows_the_bug_and_the_fix(claude_bin: Path, tmp_path: Path) -> None:
+    """`bash examples/demo.sh`, as the README tells people to run it."""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        ["bash", str(repo / "examples" / "demo.sh")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "SBX_TEST_CLAUDE": str(claude_bin),
+            "PYTHON": sys.executable,
+        },
+        cwd=tmp_path,
+        timeout=scaled(180),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok   docker sandbox run: 401 (the reported bug)" in proc.stdout
+    assert "ok   sbx run: the reply came back, using your login" in proc.stdout
