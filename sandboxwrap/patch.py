@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sandboxwrap import remote
 from sandboxwrap import settings as transform_mod
 from sandboxwrap.errors import SbxError
-from sandboxwrap.log import Reporter
+from sandboxwrap.log import DEBUG, Reporter
 
 if TYPE_CHECKING:  # the shell driver imports pexpect: load it only when patching
     from sandboxwrap.shell import ShellSession, Transcript
@@ -81,6 +81,7 @@ class Patcher:
         self._session: ShellSession | None = None
         self._transcript: Transcript | None = None
         self._target: remote.RemoteFile | None = None
+        self._failed = False
 
     @property
     def transcript_path(self) -> Path | None:
@@ -97,8 +98,11 @@ class Patcher:
         argv = self._exec_argv(opts.shell)
         self.reporter.step(f"opening a shell: {shlex.join(argv)}")
 
-        def on_retry(attempt: int, waited: float, why: str) -> None:
-            text = f"waiting for sandbox {self.sandbox} to accept exec ({waited:.0f} s): {why}"
+        def on_retry(attempt: int, delay: float, why: str) -> None:
+            text = (
+                f"sandbox {self.sandbox} is not ready ({why}); "
+                f"trying again in {delay:.1f} s (attempt {attempt + 1})"
+            )
             if self.reporter.is_tty:
                 self.reporter.info(text)
             else:
@@ -112,53 +116,64 @@ class Patcher:
                 transcript=self._transcript,
                 on_retry=on_retry,
                 env=self.env,
+                label=f"sandbox {self.sandbox}",
             )
         except SbxError as exc:
             self._attach_transcript(exc)
             raise
 
     def apply(self) -> PatchResult:
-        """Read, decide on the host, write atomically if needed, and verify."""
+        """Read, decide on the host, write atomically under a lock if needed, and verify."""
         session = self._need_session()
+        decided: list[tuple[remote.RemoteFile, transform_mod.Change]] = []
+
+        def decide(current: remote.RemoteFile) -> bytes | None:
+            where = f"{current.display} in sandbox {self.sandbox}"
+            change = transform_mod.transform(
+                current.data, self.mode, force=self.options.force, where=where
+            )
+            decided.append((current, change))
+            return change.data
+
         try:
-            located = remote.read_settings(session)
-            self.reporter.step(f"settings file: {located.display} (real path {located.target})")
-            with remote.lock(session, located, timeout=self.options.timeout):
-                current = remote.read_settings(session)  # again, now that we hold the lock
-                where = f"{current.display} in sandbox {self.sandbox}"
-                change = transform_mod.transform(
-                    current.data, self.mode, force=self.options.force, where=where
-                )
-                result = PatchResult(self.sandbox, current.display, change.action)
-                result.warnings.extend(change.warnings)
-                if change.data is not None:
-                    backup = self.options.force and current.data is not None
-                    result.backup = remote.write_atomic(
-                        session, current, change.data, backup=backup
-                    )
-                    self.reporter.step(f"wrote {len(change.data)} bytes and read them back")
-                else:
-                    self.reporter.step("settings.json is already right: nothing written")
+            # update() re-reads under the lock and retries if another writer got in between.
+            outcome = remote.update(session, decide, backup=self.options.force)
+            current, change = decided[-1]
+            self.reporter.step(f"settings file: {current.display} (real path {current.target})")
+            result = PatchResult(self.sandbox, current.display, change.action)
+            result.warnings.extend(change.warnings)
+            result.backup = outcome.backup
+            if outcome.changed:
+                self.reporter.step(f"wrote {len(outcome.data or b'')} bytes and read them back")
+            else:
+                self.reporter.step("settings.json is already right: nothing written")
             self._target = current
-            result.warnings.extend(self._layer_warnings(session))
+            result.warnings.extend(self._layer_warnings(session, current))
             return result
         except SbxError as exc:
             self._attach_transcript(exc)
             raise
 
     def fingerprint(self) -> str:
-        """A cheap checksum of the settings file, to notice when something rewrites it."""
+        """A checksum of the settings file (or "missing"), to notice when something rewrites it."""
         session = self._need_session()
-        target = self._target.target if self._target else "$HOME/.claude/settings.json"
-        quoted = shlex.quote(target) if self._target else '"$HOME/.claude/settings.json"'
-        res = session.run(f"command cksum < {quoted} 2>/dev/null || echo missing")
-        return res.output.strip()
+        if self._target is None:
+            self._target = remote.read_settings(session)
+        return remote.fingerprint(session, self._target)
 
     def close(self) -> None:
-        """Close the shell (the transcript file stays)."""
+        """Close the shell; keep the transcript only if something failed (or with -vv)."""
         if self._session is not None:
             self._session.close()
             self._session = None
+        if self._transcript is not None:
+            if self._failed or self.reporter.level >= DEBUG:
+                self._transcript.close()
+                if not self._failed:
+                    self.reporter.debug(f"transcript of the session: {self._transcript.path}")
+            else:
+                self._transcript.discard()
+            self._transcript = None
 
     def _need_session(self) -> ShellSession:
         if self._session is None:
@@ -167,14 +182,15 @@ class Patcher:
         return self._session
 
     def _attach_transcript(self, exc: SbxError) -> None:
+        self._failed = True
         path = self.transcript_path
         if path is not None and "transcript" not in (exc.hint or ""):
             extra = f"transcript of the session: {path}"
             exc.hint = f"{exc.hint}; {extra}" if exc.hint else extra
 
-    def _layer_warnings(self, session: ShellSession) -> list[str]:
+    def _layer_warnings(self, session: ShellSession, own: remote.RemoteFile) -> list[str]:
         warnings = []
-        for path, data in remote.read_layers(session, self.workspace):
+        for path, data in remote.read_layers(session, self.workspace, exclude=own):
             helper = transform_mod.helper_of(data)
             if helper is not None:
                 effect = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -347,7 +348,18 @@ def test_exec_never_works(sim: Sim, ws: Path) -> None:
     proc = sbx(sim, "--boot-timeout", "2", "run", "claude", str(ws))
     assert proc.returncode == 75
     assert "claude-my-project" in proc.stderr
+    assert "--boot-timeout" in proc.stderr
     assert run_calls(sim) == []
+    # The transcript of the failed session is kept and named.
+    [found] = re.findall(r"transcript(?: of the session)?: (\S+\.log)", proc.stderr)
+    path = Path(found)
+    assert path.is_file()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_transcripts_are_not_kept_after_success(sim: Sim, ws: Path) -> None:
+    assert sbx(sim, "run", "claude", str(ws)).returncode == 0
+    assert [p for p in sim.root.rglob("sbx-*.log")] == []
 
 
 def test_exec_fails_while_booting_then_works(sim: Sim, ws: Path) -> None:
