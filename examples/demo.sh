@@ -26,7 +26,8 @@ die() { printf '%sdemo: %s%s\n' "$R" "$*" "$N" >&2; exit 1; }
 # depend on HOME).
 PY="$(command -v "${PYTHON:-python3}")" || die "python3 not found (set PYTHON)"
 PY="$("$PY" -c 'import sys; print(sys.executable)')"
-PYTHONUSERBASE="$("$PY" -m site --user-base)"
+# `site --user-base` exits non-zero when user site-packages are off (in a venv): still fine.
+PYTHONUSERBASE="$("$PY" -m site --user-base || true)"
 export PYTHONUSERBASE
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/sbx-demo.XXXXXX")"
@@ -77,7 +78,9 @@ fi
 
 # --- a fake Docker Desktop, isolated from this machine's -------------------------------------
 mkdir -p "$TMP/bin" "$TMP/home" "$TMP/state"
-ln -s "$REPO/tests/sim/docker" "$TMP/bin/docker"
+# The simulator runs on the interpreter found above (not on whatever python3 PATH holds).
+printf '#!/bin/sh\nexec %q %q "$@"\n' "$PY" "$REPO/tests/sim/docker" >"$TMP/bin/docker"
+chmod +x "$TMP/bin/docker"
 export PATH="$TMP/bin:$PATH"
 export SBX_SIM_STATE="$TMP/state"
 export HOME="$TMP/home" XDG_CONFIG_HOME="$TMP/home/.config" XDG_CACHE_HOME="$TMP/home/.cache" \

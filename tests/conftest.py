@@ -207,7 +207,13 @@ def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sim:
         d.mkdir(parents=True)
     if not os.access(SIM_DOCKER, os.X_OK):
         pytest.fail(f"{SIM_DOCKER} is not executable (git lost its mode? chmod +x it)")
-    (bin_dir / "docker").symlink_to(SIM_DOCKER)
+    # A wrapper rather than a symlink: the simulator runs on this interpreter, not on
+    # whatever `python3` PATH offers (a pyenv shim would also rewrite the sandbox's PATH).
+    wrapper = bin_dir / "docker"
+    wrapper.write_text(
+        f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(SIM_DOCKER))} \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
 
     for name in list(os.environ):
         if name.startswith(_SCRUB_PREFIXES) and not name.startswith(_KEEP):
