@@ -93,6 +93,10 @@ def run(args: Sequence[str], ctx: RunContext) -> int:
     plugin = plugin_mod.Plugin.find(ctx.settings.docker, ctx.environ)
     request = plugin_mod.parse_run_args(args)
 
+    own = list(args[: list(args).index("--")] if "--" in args else args)
+    if "-h" in own or "--help" in own:
+        exec_plugin(plugin, args)  # help only: nothing to resolve, create or patch
+
     if request.agent is not None and request.agent != "claude":
         rep.step(f"agent {request.agent} does not read Claude's settings.json: passing through")
         exec_plugin(plugin, args)

@@ -436,3 +436,12 @@ def test_version_names_the_tool_and_its_path() -> None:
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         assert out.startswith("sandboxwrap (sbx) ")
         assert os.path.dirname(os.path.abspath(__import__("sandboxwrap").__file__)) in out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["claude", "--help"], ["claude", ".", "-h"]])
+def test_help_goes_to_the_plugin_and_creates_nothing(sim: Sim, ws: Path, args: list[str]) -> None:
+    proc = sbx(sim, "run", *args)
+    assert run_calls(sim) == [args]
+    assert sim.sandboxes() == []
+    assert exec_calls(sim) == []
+    assert "passes its arguments to `docker sandbox run`" in proc.stderr
