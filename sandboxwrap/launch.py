@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
@@ -101,19 +102,23 @@ def run(args: Sequence[str], ctx: RunContext) -> int:
         rep.step(f"agent {request.agent} does not read Claude's settings.json: passing through")
         exec_plugin(plugin, args)
 
-    resolution = None
-    if request.agent == "claude" or request.sandbox is not None:
-        # Before anything starts: the decision must not depend on what the plugin does.
-        resolution = resolve(ctx)
-        rep.step(f"auth mode: {resolution.mode} ({resolution.reason})")
-
-    if resolution is None:
+    if request.agent is None and request.sandbox is None:
         rep.step("no agent or sandbox named: passing through to the plugin")
         exec_plugin(plugin, args)
 
-    version, line = plugin.version()
+    # Three independent questions at once: how this host logs in (asking a login shell can
+    # take a moment), which plugin this is, and which sandboxes exist. Nothing is created
+    # or changed before all three are answered.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        resolving = pool.submit(resolve, ctx)
+        listing = pool.submit(plugin.sandboxes)
+        version, line = plugin.version()
+        container_era = version is not None and version < plugin_mod.MICROVM_SINCE
+        resolution = resolving.result()
+        boxes = None if container_era else listing.result()
+    rep.step(f"auth mode: {resolution.mode} ({resolution.reason})")
     rep.step(f"plugin: {line or 'version unknown'}")
-    if version is not None and version < plugin_mod.MICROVM_SINCE:
+    if container_era:
         rep.warn(
             f"this sandbox plugin ({line}) runs containers, not microVMs; sbx supports "
             "plugin v0.7 and later (Docker Desktop 4.58+) and passes through without patching"
@@ -125,7 +130,7 @@ def run(args: Sequence[str], ctx: RunContext) -> int:
             + " ".join(request.unknown_options)
         )
 
-    box = plugin.find_sandbox(request)
+    box = plugin.find_sandbox(request, boxes)
     if box is None and request.sandbox is not None:
         rep.step(f"no sandbox named {request.sandbox}: the plugin will say so")
         exec_plugin(plugin, args)
@@ -217,7 +222,7 @@ def patch_only(
 ) -> PatchResult:
     """`sbx patch NAME`: fix an existing sandbox's settings.json without starting an agent."""
     resolution = resolve(ctx)
-    known = {box.name: box for box in plugin.list()}
+    known = {box.name: box for box in plugin.sandboxes()}
     if name not in known:
         from sandboxwrap.errors import SandboxError
 

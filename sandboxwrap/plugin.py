@@ -206,7 +206,7 @@ class Plugin:
         major, minor, patch = (int(g) for g in match.groups())
         return (major, minor, patch), line
 
-    def list(self) -> list[SandboxInfo]:
+    def sandboxes(self) -> list[SandboxInfo]:
         """Return every sandbox from `ls --json`, tolerating the shapes seen in the wild."""
         proc = self._call("ls", "--json")
         self._check_plugin(proc)
@@ -218,9 +218,12 @@ class Plugin:
             )
         return parse_ls_json(proc.stdout)
 
-    def find_sandbox(self, request: RunRequest) -> SandboxInfo | None:
-        """Return the existing sandbox the request names, or None."""
-        boxes = self.list()
+    def find_sandbox(
+        self, request: RunRequest, boxes: list[SandboxInfo] | None = None
+    ) -> SandboxInfo | None:
+        """Return the existing sandbox the request names, or None (`boxes`: a listing)."""
+        if boxes is None:
+            boxes = self.sandboxes()
         name = request.sandbox_name()
         for box in boxes:
             if box.name == name:
