@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -14,6 +14,9 @@ from sandboxwrap import __version__
 from sandboxwrap import config as config_mod
 from sandboxwrap.errors import SbxError, exit_code_for
 from sandboxwrap.log import NORMAL, QUIET, Reporter
+
+if TYPE_CHECKING:
+    from sandboxwrap import launch
 
 # sbx's own long options: seen after `run` they are a mistake, not plugin flags.
 _OWN_OPTIONS = (
@@ -33,8 +36,9 @@ _OWN_OPTIONS = (
 class State:
     """What the group's options resolve to, shared with subcommands."""
 
-    def __init__(self, flags: dict[str, object | None]) -> None:
+    def __init__(self, flags: dict[str, object | None], force: bool = False) -> None:
         self.flags = flags
+        self.force = force
         self._settings: config_mod.Settings | None = None
         self._sources: dict[str, str] = {}
         self.reporter = Reporter(_level(flags, os.environ))
@@ -46,6 +50,21 @@ class State:
             s = self._settings
             self.reporter.level = QUIET if s.quiet else max(NORMAL, s.verbose)
         return self._settings, self._sources
+
+    def run_context(self) -> launch.RunContext:
+        """Settings, reporter and environment as the library's entry points take them."""
+        from sandboxwrap import launch
+
+        settings, sources = self.settings()
+        return launch.RunContext(
+            settings=settings,
+            reporter=self.reporter,
+            environ=os.environ,
+            force=self.force,
+            auth_source={"flag": "flag", "env": "env", "file": "config"}.get(
+                sources.get("auth", "default"), "auto"
+            ),
+        )
 
 
 def _level(flags: dict[str, object | None], environ: os._Environ[str]) -> int:
@@ -128,9 +147,7 @@ def cli(ctx: click.Context, /, force: bool, **flags: object) -> None:
     """
     if flags.get("verbose") == 0:
         flags["verbose"] = None  # "not given", so SBX_VERBOSE and the config file count
-    state = State(dict(flags))
-    state.force = force  # type: ignore[attr-defined]
-    ctx.obj = state
+    ctx.obj = State(dict(flags), force=force)
 
 
 def _state(ctx: click.Context) -> State:
@@ -162,17 +179,7 @@ def run(ctx: click.Context, args: Sequence[str]) -> None:
                 f"{arg.split('=', 1)[0]} is an sbx option: put it before `run`, "
                 f"e.g. `sbx {arg} run {' '.join(a for a in args if a != arg)}`"
             )
-    settings, sources = state.settings()
-    run_ctx = launch.RunContext(
-        settings=settings,
-        reporter=state.reporter,
-        environ=os.environ,
-        force=bool(getattr(state, "force", False)),
-        auth_source={"flag": "flag", "env": "env", "file": "config"}.get(
-            sources.get("auth", "default"), "auto"
-        ),
-    )
-    ctx.exit(launch.run(args, run_ctx))
+    ctx.exit(launch.run(args, state.run_context()))
 
 
 @cli.command()
@@ -188,18 +195,9 @@ def patch(ctx: click.Context, sandbox: str, workspace: str | None) -> None:
     """Fix SANDBOX's settings.json now, without starting an agent."""
     from sandboxwrap import launch, plugin
 
-    state = _state(ctx)
-    settings, sources = state.settings()
-    run_ctx = launch.RunContext(
-        settings=settings,
-        reporter=state.reporter,
-        environ=os.environ,
-        force=bool(getattr(state, "force", False)),
-        auth_source={"flag": "flag", "env": "env", "file": "config"}.get(
-            sources.get("auth", "default"), "auto"
-        ),
-    )
-    launch.patch_only(plugin.Plugin.find(settings.docker, os.environ), sandbox, workspace, run_ctx)
+    run_ctx = _state(ctx).run_context()
+    docker = plugin.Plugin.find(run_ctx.settings.docker, os.environ)
+    launch.patch_only(docker, sandbox, workspace, run_ctx)
 
 
 @cli.command("auth")
@@ -209,17 +207,7 @@ def auth_cmd(ctx: click.Context, as_json: bool) -> None:
     """Show which auth mode sbx would apply, and why."""
     from sandboxwrap import auth, launch
 
-    state = _state(ctx)
-    settings, sources = state.settings()
-    run_ctx = launch.RunContext(
-        settings=settings,
-        reporter=state.reporter,
-        environ=os.environ,
-        auth_source={"flag": "flag", "env": "env", "file": "config"}.get(
-            sources.get("auth", "default"), "auto"
-        ),
-    )
-    resolution = launch.resolve(run_ctx)
+    resolution = launch.resolve(_state(ctx).run_context())
     if as_json:
         click.echo(json.dumps(auth.to_json(resolution), indent=2))
     else:

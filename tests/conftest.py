@@ -188,6 +188,21 @@ class Sim:
             pytest.fail(f"no simulated sandbox named {name!r}")
         return found[0]
 
+    def sbx(
+        self, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run sbx as a user would: a fresh process, stdin closed, no login-shell probe."""
+        return subprocess.run(
+            [sys.executable, "-m", "sandboxwrap", *args],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**self.env, "SBX_PROFILE_CHECK": "0", **(env or {})},
+            cwd=cwd,
+            timeout=scaled(120),
+            check=False,
+        )
+
     def argv_log(self) -> list[list[str]]:
         """Every argv the simulator received (without the leading `docker`), oldest first."""
         path = self.state / "argv.log"
@@ -211,7 +226,7 @@ def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sim:
     # whatever `python3` PATH offers (a pyenv shim would also rewrite the sandbox's PATH).
     wrapper = bin_dir / "docker"
     wrapper.write_text(
-        f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(SIM_DOCKER))} \"$@\"\n"
+        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(SIM_DOCKER))} "$@"\n'
     )
     wrapper.chmod(0o755)
 

@@ -23,15 +23,7 @@ SEEDING = ["once", "every-start"]
 
 
 def sbx_run(sim: Sim, *args: str, env: dict[str, str] | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "sandboxwrap", "run", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env={**sim.env, "SBX_PROFILE_CHECK": "0", **(env or {})},
-        timeout=scaled(120),
-        check=False,
-    )
+    return sim.sbx("run", *args, env=env)
 
 
 @pytest.fixture(params=SEEDING)

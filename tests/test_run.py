@@ -32,17 +32,7 @@ SHOW = "bash -c 'echo AGENT-ARGS: \"$*\"; cat ~/.claude/settings.json; echo' age
 def sbx(
     sim: Sim, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run sbx as a user would (a fresh process), with stdin closed."""
-    return subprocess.run(
-        [sys.executable, "-m", "sandboxwrap", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env={**sim.env, "SBX_PROFILE_CHECK": "0", **(env or {})},
-        cwd=cwd,
-        timeout=scaled(120),
-        check=False,
-    )
+    return sim.sbx(*args, env=env, cwd=cwd)
 
 
 def host_login(sim: Sim) -> Path:

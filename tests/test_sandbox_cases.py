@@ -28,15 +28,7 @@ API_KEY = "sk-ant-api03-SENTINEL-CASES-0123456789"
 def sbx(
     sim: Sim, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sandboxwrap", "--watch", "0", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env={**sim.env, "SBX_PROFILE_CHECK": "0", **(env or {})},
-        timeout=scaled(120),
-        check=False,
-    )
+    return sim.sbx("--watch", "0", *args, env=env)
 
 
 @pytest.fixture
