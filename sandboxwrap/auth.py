@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -286,7 +287,11 @@ def _check_credentials_file(
         return SourceCheck(name, "oauth", False, detail), exists
 
     try:
-        with path.open("rb") as fh:
+        # O_NONBLOCK: opening a FIFO planted at this path must not hang sbx.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return no("exists but is not a regular file")
             data = fh.read(CREDENTIALS_MAX_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         return no("does not exist", exists=False)
@@ -412,7 +417,7 @@ def resolve_auth(
         if prefer == "oauth":
             detected, auto_reason = "oauth", f"{_oauth_reason(login)} (prefer = oauth)"
         else:
-            detected, auto_reason = "api-key", "ANTHROPIC_API_KEY is set (it outranks the login)"
+            detected, auto_reason = "api-key", "ANTHROPIC_API_KEY is set; it outranks the login"
     elif api.found:
         detected, auto_reason = "api-key", "ANTHROPIC_API_KEY is set"
     elif login is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -12,7 +13,7 @@ import click
 
 from sandboxwrap import __version__
 from sandboxwrap import config as config_mod
-from sandboxwrap.errors import SbxError, exit_code_for
+from sandboxwrap.errors import SbxError, Terminated, exit_code_for
 from sandboxwrap.log import NORMAL, QUIET, Reporter
 
 if TYPE_CHECKING:
@@ -30,7 +31,10 @@ _OWN_OPTIONS = (
     "--docker",
     "--profile-check",
     "--no-profile-check",
+    "--quiet",
+    "--verbose",
 )
+_OWN_FLAGS = ("--force", "--profile-check", "--no-profile-check", "--quiet", "--verbose")
 
 
 class State:
@@ -86,7 +90,12 @@ def _version_message() -> str:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", message=_version_message())
 @click.option("-q", "--quiet", is_flag=True, default=None, help="Print nothing but errors.")
-@click.option("-v", "--verbose", count=True, help="Explain each step (-vv: more detail).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Explain each step (-vv: also keep the sandbox session's transcript).",
+)
 @click.option(
     "--auth",
     type=click.Choice(["auto", "api-key", "oauth", "none"]),
@@ -173,11 +182,16 @@ def run(ctx: click.Context, args: Sequence[str]) -> None:
             "`sbx run` passes its arguments to `docker sandbox run` unchanged; sbx's own "
             "options go before `run` (see `sbx --help`). The plugin's help follows."
         )
-    for arg in own_part:
-        if arg.split("=", 1)[0] in _OWN_OPTIONS:
+    for pos, arg in enumerate(own_part):
+        option = arg.split("=", 1)[0]
+        if option in _OWN_OPTIONS:
+            # Move the option (and its value, if it takes one) in front of `run`.
+            takes_value = option not in _OWN_FLAGS and "=" not in arg
+            moved = own_part[pos : pos + 2] if takes_value else [arg]
+            rest = list(args[:pos]) + list(args[pos + len(moved) :])
             raise click.UsageError(
-                f"{arg.split('=', 1)[0]} is an sbx option: put it before `run`, "
-                f"e.g. `sbx {arg} run {' '.join(a for a in args if a != arg)}`"
+                f"{option} is an sbx option: put it before `run`, e.g. "
+                f"`sbx {shlex.join(moved)} run {shlex.join(rest)}`".replace(" `", " `", 1)
             )
     ctx.exit(launch.run(args, state.run_context()))
 
@@ -238,9 +252,9 @@ def config_get(key: str) -> None:
     click.echo(config_mod.get_value(key, os.environ))
 
 
-@config_group.command("set")
+@config_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
-@click.argument("value")
+@click.argument("value")  # may look like an option: `sbx config set watch -1` is refused later
 def config_set(key: str, value: str) -> None:
     """Set KEY to VALUE in the config file."""
     config_mod.set_value(key, value, os.environ)
@@ -284,6 +298,9 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> NoR
         if exc.hint:
             reporter.error(f"hint: {exc.hint}")
         code = exit_code_for(exc)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "")  # plain `sbx`: the help is the answer
+        code = 0
     except click.UsageError as exc:
         reporter.error(exc.format_message())
         command = exc.ctx.command_path if exc.ctx else "sbx"
@@ -294,6 +311,8 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> NoR
         code = exc.exit_code
     except (click.Abort, KeyboardInterrupt):
         code = 130
+    except Terminated as exc:
+        code = 128 + exc.signum
     sys.exit(code)
 
 

@@ -6,10 +6,16 @@ from __future__ import annotations
 class SbxError(Exception):
     """A failure sbx reports to the user: what happened, where, and what to do."""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.status = status
+        """The exit status of the docker command that failed, when one did."""
+
+
+class UsageError(SbxError):
+    """The command line asks for something sbx does not offer."""
 
 
 class ConfigError(SbxError):
@@ -36,10 +42,19 @@ class WriteError(SbxError):
     """settings.json could not be written, or did not read back as written."""
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while sbx was changing something; exits 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 # Statuses 64-78 follow sysexits.h in spirit and stay clear of what agents and
 # docker itself return (0, 1, 125-127, 128+signal), so a wrapper script can tell
 # "sbx refused" from "the agent failed".
 EXIT_CODES: dict[type[SbxError], int] = {
+    UsageError: 2,
     ConfigError: 78,
     DockerError: 69,
     SandboxError: 70,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
@@ -15,8 +17,12 @@ from typing import NoReturn
 from sandboxwrap import auth as auth_mod
 from sandboxwrap import plugin as plugin_mod
 from sandboxwrap.config import Settings, log_dir
-from sandboxwrap.log import Reporter
+from sandboxwrap.errors import SandboxError, Terminated
+from sandboxwrap.log import NORMAL, Reporter
 from sandboxwrap.patch import Patcher, PatchOptions, PatchResult, Watcher
+
+DOCKER_USAGE_STATUS = 125
+"""docker's status for a command line it rejects (unknown flag, wrong argument count)."""
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN")
 """Host variables whose values must never reach a transcript or a message."""
@@ -75,9 +81,7 @@ def make_patcher(
     )
 
 
-def report(
-    ctx: RunContext, resolution: auth_mod.AuthResolution, result: PatchResult
-) -> None:
+def report(ctx: RunContext, resolution: auth_mod.AuthResolution, result: PatchResult) -> None:
     """Print the one-line summary and any warnings."""
     ctx.reporter.info(
         f"{resolution.mode} ({resolution.reason}): {result.phrase} in {result.sandbox}"
@@ -92,13 +96,16 @@ def run(args: Sequence[str], ctx: RunContext) -> int:
     """Do everything `sbx run ARGS` promises; returns the exit status (or execs the plugin)."""
     rep = ctx.reporter
     plugin = plugin_mod.Plugin.find(ctx.settings.docker, ctx.environ)
-    request = plugin_mod.parse_run_args(args)
+    request = plugin_mod.parse_run_args(args, plugin_mod.logical_cwd(ctx.environ))
 
     own = list(args[: list(args).index("--")] if "--" in args else args)
     if "-h" in own or "--help" in own:
         exec_plugin(plugin, args)  # help only: nothing to resolve, create or patch
 
-    if request.agent is not None and request.agent != "claude":
+    # Only `run AGENT` alone could name a Claude sandbox called like that agent.
+    if request.agent not in (None, "claude") and (
+        request.workspaces or not any(b.name == request.agent for b in plugin.sandboxes())
+    ):
         rep.step(f"agent {request.agent} does not read Claude's settings.json: passing through")
         exec_plugin(plugin, args)
 
@@ -130,6 +137,10 @@ def run(args: Sequence[str], ctx: RunContext) -> int:
             + " ".join(request.unknown_options)
         )
 
+    assert boxes is not None
+    if request.agent and not request.workspaces and any(b.name == request.agent for b in boxes):
+        # `run claude` with a sandbox named "claude": the plugin takes the sandbox.
+        request = dataclasses.replace(request, agent=None, sandbox=request.agent)
     box = plugin.find_sandbox(request, boxes)
     if box is None and request.sandbox is not None:
         rep.step(f"no sandbox named {request.sandbox}: the plugin will say so")
@@ -139,22 +150,28 @@ def run(args: Sequence[str], ctx: RunContext) -> int:
         exec_plugin(plugin, args)
 
     if box is None:
-        name = request.sandbox_name() or "?"
-        rep.step(f"creating sandbox {name} (without starting the agent)")
-        name, output = plugin.create(request, args)
-        for line_out in output.splitlines():
-            rep.step(f"plugin: {line_out}")
-        workspace: str | None = request.workspace
+        rep.step(f"creating sandbox {request.sandbox_name()} (without starting the agent)")
+        try:
+            box = plugin.ensure(request, args, quiet=rep.level < NORMAL)
+        except SandboxError as exc:
+            if exc.status == DOCKER_USAGE_STATUS:
+                # The plugin rejected the arguments themselves: its own `run` will say so
+                # in its own words and status, and start nothing.
+                exec_plugin(plugin, args)
+            raise
+        if box.agent not in (None, "claude"):
+            exec_plugin(plugin, args)
     else:
-        name = box.name
-        workspace = box.workspaces[0] if box.workspaces else None
-        if workspace is None and request.agent:
-            workspace = request.workspace
-        rep.step(f"reusing sandbox {name}")
+        rep.step(f"reusing sandbox {box.name}")
+    name = box.name
+    workspace = box.workspaces[0] if box.workspaces else None
+    if workspace is None and request.agent:
+        workspace = request.workspace
 
     patcher = make_patcher(plugin, name, resolution.mode, ctx, workspace)
     try:
-        result = patcher.apply()
+        with terminate_as_exception():
+            result = patcher.apply()
         report(ctx, resolution, result)
         watch = ctx.settings.watch
         if watch <= 0 or request.detached:
@@ -163,6 +180,27 @@ def run(args: Sequence[str], ctx: RunContext) -> int:
         return supervise(plugin, args, Watcher(patcher, watch), ctx)
     finally:
         patcher.close()
+
+
+@contextlib.contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an exception while sbx edits files, so cleanup runs.
+
+    Ctrl-C already arrives as KeyboardInterrupt; a `kill` would otherwise end sbx
+    between two steps and leave a lock or a temporary file in the sandbox.
+    """
+
+    def raise_terminated(signum: int, _frame: FrameType | None) -> None:
+        raise Terminated(signum)
+
+    previous = {
+        sig: signal.signal(sig, raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def exec_plugin(plugin: plugin_mod.Plugin, args: Sequence[str]) -> NoReturn:
@@ -186,9 +224,7 @@ def supervise(
     argv = plugin.argv("run", *args)
     sys.stdout.flush()
     sys.stderr.flush()
-    previous = {
-        sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)
-    }
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
     watcher.start()
     child = subprocess.Popen(argv, env=dict(plugin.environ))
 
@@ -224,18 +260,22 @@ def patch_only(
     resolution = resolve(ctx)
     known = {box.name: box for box in plugin.sandboxes()}
     if name not in known:
-        from sandboxwrap.errors import SandboxError
-
         raise SandboxError(
             f"no sandbox named {name!r}",
             hint="`docker sandbox ls` lists them; `sbx run claude PATH` creates one",
         )
     box = known[name]
+    if box.agent not in (None, "claude"):
+        raise SandboxError(
+            f"sandbox {name} runs {box.agent}, which does not read Claude's settings.json",
+            hint="sbx patch is for Claude sandboxes; nothing was changed",
+        )
     if workspace is None and box.workspaces:
         workspace = box.workspaces[0]
     patcher = make_patcher(plugin, name, resolution.mode, ctx, workspace)
     try:
-        result = patcher.apply()
+        with terminate_as_exception():
+            result = patcher.apply()
     finally:
         patcher.close()
     report(ctx, resolution, result)

@@ -259,3 +259,6 @@ class Watcher:
             self.error = exc
         except Exception as exc:  # a watcher must never take the agent down
             self.error = SbxError(f"watcher stopped: {exc!r}")
+        finally:
+            # The window is over: leave no shell open in the sandbox for the agent's lifetime.
+            self.patcher.close()

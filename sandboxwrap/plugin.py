@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -49,12 +51,14 @@ class RunRequest:
     debug: bool = False
     agent_args: tuple[str, ...] = ()
     unknown_options: tuple[str, ...] = field(default=())
+    cwd: str = field(default_factory=os.getcwd)
+    """The directory relative paths are taken from (the shell's $PWD)."""
 
     @property
     def workspace(self) -> str:
         """The main workspace as an absolute path (the current directory by default)."""
         raw = self.workspaces[0] if self.workspaces else "."
-        return os.path.abspath(os.path.expanduser(raw))
+        return os.path.normpath(os.path.join(self.cwd, os.path.expanduser(raw)))
 
     def sandbox_name(self) -> str | None:
         """The name the plugin uses for this request: --name, the given name, or agent-folder."""
@@ -73,7 +77,24 @@ def default_name(agent: str, workspace: str) -> str:
     return f"{agent}-{base}"
 
 
-def parse_run_args(args: Sequence[str]) -> RunRequest:
+def logical_cwd(environ: Mapping[str, str] | None = None) -> str:
+    """The current directory as the user's shell names it ($PWD, symlinks kept).
+
+    Go's os.Getwd, which the plugin uses, prefers $PWD when it names the current
+    directory; os.getcwd() would resolve symlinks and so derive another default name.
+    """
+    env = os.environ if environ is None else environ
+    pwd = env.get("PWD", "")
+    if os.path.isabs(pwd):
+        try:
+            if os.path.samefile(pwd, "."):
+                return pwd
+        except OSError:
+            pass
+    return os.getcwd()
+
+
+def parse_run_args(args: Sequence[str], cwd: str | None = None) -> RunRequest:
     """Read `docker sandbox run` arguments the way the plugin's cobra parser does.
 
     Flags may come before or after positionals; `--` ends them and starts the
@@ -103,17 +124,22 @@ def parse_run_args(args: Sequence[str]) -> RunRequest:
             else:
                 unknown.append(arg)
         elif arg.startswith("-") and len(arg) > 1:
+            # A pflag cluster: boolean letters, then at most one letter that takes a
+            # value (the rest of the cluster, or the next argument): -dD, -Dt img, -timg.
             letters = arg[1:]
-            if letters[0] == "t":
-                value = letters[1:].removeprefix("=")
-                if not value:
-                    i += 1
-                    value = args[i] if i < len(args) else ""
-                opts["-t"] = value
-            elif set(letters) <= _SHORT_FLAGS:
-                flags.update(f"-{c}" for c in letters)
-            else:
-                unknown.append(arg)
+            for pos, letter in enumerate(letters):
+                if letter in _SHORT_FLAGS:
+                    flags.add(f"-{letter}")
+                    continue
+                if letter == "t":
+                    value = letters[pos + 1 :].removeprefix("=")
+                    if not value:
+                        i += 1
+                        value = args[i] if i < len(args) else ""
+                    opts["-t"] = value
+                else:
+                    unknown.append(arg)
+                break
         else:
             positionals.append(arg)
         i += 1
@@ -132,6 +158,7 @@ def parse_run_args(args: Sequence[str]) -> RunRequest:
         debug=bool(flags & {"-D", "--debug"}),
         agent_args=agent_args,
         unknown_options=tuple(unknown),
+        cwd=cwd if cwd is not None else logical_cwd(),
     )
 
 
@@ -221,7 +248,12 @@ class Plugin:
     def find_sandbox(
         self, request: RunRequest, boxes: list[SandboxInfo] | None = None
     ) -> SandboxInfo | None:
-        """Return the existing sandbox the request names, or None (`boxes`: a listing)."""
+        """Return the existing sandbox the request names, or None (`boxes`: a listing).
+
+        By name (--name, the given sandbox, or agent-folder), else the sandbox of the
+        same agent whose main workspace is this path exactly as given: the plugin
+        compares paths as given, so a symlinked path is another sandbox.
+        """
         if boxes is None:
             boxes = self.sandboxes()
         name = request.sandbox_name()
@@ -229,47 +261,64 @@ class Plugin:
             if box.name == name:
                 return box
         if request.agent and not request.name:
-            # The plugin reuses a sandbox for the same agent and workspace even if
-            # its name was derived differently (e.g. a renamed default).
-            wanted = {request.workspace, os.path.realpath(request.workspace)}
             for box in boxes:
-                if box.agent == request.agent and box.workspaces and box.workspaces[0] in wanted:
+                if box.agent == request.agent and box.workspaces[:1] == (request.workspace,):
                     return box
         return None
 
-    def create(self, request: RunRequest, args: Sequence[str]) -> tuple[str, str]:
-        """Create the sandbox a `run` request names, without starting the agent.
+    def ensure(self, request: RunRequest, args: Sequence[str], quiet: bool) -> SandboxInfo:
+        """Create (or let the plugin find) the sandbox a `run` names, without the agent.
 
-        `create` takes the documented options (--name, -t, workspaces). When the
-        user's `run` has options `create` is not documented to take (template
-        pulling, flags sbx does not know), the user's own options go to the
-        plugin's `run -d` (create, print the id, do not start the agent) instead,
-        so the sandbox is made exactly as their `run` would make it.
-        Returns the name and the plugin's output.
+        Runs the plugin's own `run -d` with the user's options, so its naming and reuse
+        rules (and any option sbx does not know) apply exactly as for their `run`. The
+        plugin's progress goes to stderr; the id it prints is not needed.
         """
-        assert request.agent is not None
-        if request.load_local_template or request.pull_template or request.unknown_options:
-            own = list(args[: list(args).index("--")] if "--" in args else args)
-            argv = ["run", "-d", *own]
-        else:
-            argv = ["-D"] if request.debug else []
-            argv.append("create")
-            if request.name:
-                argv += ["--name", request.name]
-            if request.template:
-                argv += ["-t", request.template]
-            argv.append(request.agent)
-            argv += request.workspaces or (".",)
-        proc = self._call(*argv, timeout=600.0)
-        self._check_plugin(proc)
+        own = list(args[: list(args).index("--")] if "--" in args else args)
+        before = {box.name for box in self.sandboxes()}
+        try:
+            proc = subprocess.Popen(
+                self.argv("run", "-d", *own),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=self.environ,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise DockerError(f"cannot run {self.docker}: {exc.strerror}") from exc
+        # Show the plugin's progress (image pulls take minutes) as it comes, and keep it
+        # to explain a failure. No time limit: a first pull is slow, and ^C works.
+        assert proc.stderr is not None
+        assert proc.stdout is not None
+        said: list[str] = []
+        for line in proc.stderr:
+            said.append(line)
+            if not quiet:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        printed = proc.stdout.read()
+        proc.wait()
+        output = printed + "".join(said)
+        boxes = self.sandboxes()
+        box = self.find_sandbox(request, boxes)
+        if box is None:
+            new = [b for b in boxes if b.name not in before and b.agent == request.agent]
+            box = new[0] if len(new) == 1 else None
+        if box is not None:
+            return box  # also when `run -d` lost a race to another sbx creating it
         name = request.sandbox_name() or "?"
-        output = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0:
             raise SandboxError(
-                f"could not create sandbox '{name}' (exit {proc.returncode}): {_one_line(output)}",
+                f"could not create sandbox '{name}' (`docker sandbox run -d` exited "
+                f"{proc.returncode}){': ' + _one_line(output) if output.strip() else ''}",
                 hint=_create_hint(output),
+                status=proc.returncode,
             )
-        return name, output
+        raise SandboxError(
+            f"could not tell which sandbox `docker sandbox run {shlex.join(own)}` uses",
+            hint="stopped sandboxes do not list their workspaces: start it by name "
+            "(`sbx run NAME`, names from `docker sandbox ls`)",
+        )
 
 
 def parse_ls_json(text: str) -> list[SandboxInfo]:
@@ -315,7 +364,7 @@ def _one_line(text: str) -> str:
 def _create_hint(output: str) -> str:
     if "invalid VM name" in output:
         return (
-            "plugins before v0.12 allow only letters, digits, '-' and '_' in names: "
-            "pass --name with such a name, or rename the folder"
+            "the plugin refused the name it derived from the folder: pass --name with "
+            "letters, digits, '-' and '_' only, or rename the folder"
         )
     return "run the same `docker sandbox run` without sbx to see the plugin's full message"

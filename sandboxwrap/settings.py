@@ -94,8 +94,10 @@ def transform(
         why = f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         return _unparseable(why, want_helper, force)
     if not isinstance(value, dict):
-        kind = type(value).__name__.replace("dict", "object").replace("list", "array")
-        return _unparseable(f"{where} holds a JSON {kind}, not an object", want_helper, force)
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(value), "a number"
+        )
+        return _unparseable(f"{where} holds {kind}, not a JSON object", want_helper, force)
 
     members = _members(text)
     helpers = [m for m in members if m.key == HELPER_KEY]

@@ -6,7 +6,7 @@ import os
 import shlex
 import sys
 
-from sandboxwrap.errors import ConfigError
+from sandboxwrap.errors import UsageError
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -53,7 +53,7 @@ def detect_shell(environ: dict[str, str] | os._Environ[str]) -> str:
     """The shell named by $SHELL, or ConfigError listing the supported ones."""
     name = os.path.basename(environ.get("SHELL", ""))
     if name not in SHELLS:
-        raise ConfigError(
+        raise UsageError(
             f"cannot tell which shell to write for (SHELL={name or 'unset'})",
             hint="name it: `sbx init bash`, `sbx init zsh` or `sbx init fish`",
         )
@@ -67,6 +67,6 @@ def render(shell: str, self_cmd: str) -> str:
     if shell in ("bash", "zsh"):
         rc = "~/.bashrc" if shell == "bash" else "~/.zshrc"
         return _POSIX.format(self_cmd=self_cmd, shell=shell, rc=rc)
-    raise ConfigError(
+    raise UsageError(
         f"unsupported shell {shell!r}", hint=f"supported shells: {', '.join(SHELLS)}"
     )

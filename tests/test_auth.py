@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -365,7 +366,7 @@ CASES = [
     Case(
         "api-key-and-login",
         "api-key",
-        "ANTHROPIC_API_KEY is set (it outranks the login)",
+        "ANTHROPIC_API_KEY is set; it outranks the login",
         env={"ANTHROPIC_API_KEY": API_KEY},
         files={CRED: LOGIN},
         sources={
@@ -575,7 +576,7 @@ CASES = [
     Case(
         "darwin-keychain-and-api-key",
         "api-key",
-        "ANTHROPIC_API_KEY is set (it outranks the login)",
+        "ANTHROPIC_API_KEY is set; it outranks the login",
         env={"ANTHROPIC_API_KEY": API_KEY},
         kwargs=DARWIN,
         keychain=("Claude Code-credentials",),
@@ -1024,14 +1025,15 @@ def test_permission_denied(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
     cred = host.home / CRED
     cred.parent.mkdir()
     cred.write_text(json.dumps(LOGIN))
-    real_open = Path.open
+    real_open = os.open
 
-    def deny(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self == cred:
+    # Tests run as root, which reads any file: deny the one open() the check makes.
+    def deny(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path) == cred:
             raise PermissionError(13, "Permission denied")
-        return real_open(self, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     res = resolve_auth({"HOME": str(host.home)}, profile_check=False, platform="linux")
     assert res.mode == "none"
     assert res.checks[3] == auth.SourceCheck(
@@ -1135,3 +1137,12 @@ def test_import_is_light() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_fifo_in_place_of_the_login_file_does_not_hang(host: Host) -> None:
+    cred = host.home / CRED
+    cred.parent.mkdir()
+    os.mkfifo(cred)
+    res = resolve_auth({"HOME": str(host.home)}, profile_check=False, platform="linux")
+    assert res.mode == "none"
+    assert res.checks[3].detail == "exists but is not a regular file"

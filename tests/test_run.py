@@ -47,7 +47,14 @@ def ws(sim: Sim) -> Path:
 
 
 def run_calls(sim: Sim) -> list[list[str]]:
-    return [argv[2:] for argv in sim.argv_log() if argv[:2] == ["sandbox", "run"]]
+    """The `docker sandbox run` calls, without the `run -d` sbx uses to create a sandbox."""
+    calls = [argv[2:] for argv in sim.argv_log() if argv[:2] == ["sandbox", "run"]]
+    return [c for c in calls if c[:1] != ["-d"]]
+
+
+def creations(sim: Sim) -> list[list[str]]:
+    """The `docker sandbox run -d` calls (how sbx creates a sandbox without its agent)."""
+    return [argv[2:] for argv in sim.argv_log() if argv[:3] == ["sandbox", "run", "-d"]]
 
 
 def exec_calls(sim: Sim) -> list[list[str]]:
@@ -179,11 +186,10 @@ def test_arguments_reach_the_plugin_unchanged(sim: Sim, ws: Path, args: list[str
     typed = [a.format(ws=ws, extra=extra) for a in args]
     proc = sbx(sim, "run", *typed)
     assert proc.returncode == 0, proc.stderr
-    calls = run_calls(sim)
-    assert calls[-1] == typed
-    # Options `create` does not take make sbx create with the user's own `run -d`.
+    assert run_calls(sim) == [typed]
+    # The sandbox was created by the plugin from the user's own options, agent args aside.
     own = typed[: typed.index("--")] if "--" in typed else typed
-    assert calls[:-1] in ([], [["-d", *own]])
+    assert creations(sim) == [["-d", *own]]
 
 
 def test_detached_run_creates_and_patches_without_an_agent(sim: Sim, ws: Path) -> None:
@@ -191,7 +197,7 @@ def test_detached_run_creates_and_patches_without_an_agent(sim: Sim, ws: Path) -
     assert proc.returncode == 0, proc.stderr
     assert "AGENT-ARGS" not in proc.stdout
     assert sim.settings("claude-my-project") == SEED_WITHOUT
-    assert run_calls(sim) == [["-d", "claude", str(ws)]]
+    assert creations(sim) == [["-d", "-d", "claude", str(ws)], ["-d", "claude", str(ws)]]
 
 
 @pytest.mark.parametrize("agent", ["codex", "gemini", "shell"])
@@ -270,7 +276,9 @@ def test_verbose_explains_each_step(sim: Sim, ws: Path) -> None:
     assert proc.returncode == 0
     for words in ("auth mode", "plugin:", "creating sandbox", "opening a shell", "settings file"):
         assert words in proc.stderr
-    assert all(line.startswith("sbx: ") for line in proc.stderr.splitlines())
+    # Everything else on stderr is the plugin's own progress, passed on as it came.
+    others = [x for x in proc.stderr.splitlines() if not x.startswith("sbx: ")]
+    assert others == ["Creating new sandbox 'claude-my-project'..."]
 
 
 def test_stdout_is_the_agents_alone(sim: Sim, ws: Path) -> None:
@@ -435,3 +443,96 @@ def test_help_goes_to_the_plugin_and_creates_nothing(sim: Sim, ws: Path, args: l
     assert sim.sandboxes() == []
     assert exec_calls(sim) == []
     assert "passes its arguments to `docker sandbox run`" in proc.stderr
+
+
+# --- found by trying it as a new user: each once a bug --------------------------------
+
+
+def test_symlinked_workspace_is_its_own_sandbox(sim: Sim, ws: Path) -> None:
+    alias = ws.parent / "alias"
+    alias.symlink_to(ws)
+    assert sbx(sim, "run", "claude", str(ws)).returncode == 0
+    proc = sbx(sim, "run", "claude", str(alias))
+    assert proc.returncode == 0, proc.stderr
+    # The plugin compares paths as given: `alias` got its own sandbox, and that is the
+    # one sbx fixed before the agent started in it.
+    assert "removed apiKeyHelper in claude-alias" in proc.stderr
+    assert SEED_WITHOUT in proc.stdout
+
+
+def test_logical_cwd_names_the_sandbox_like_the_plugin(sim: Sim, ws: Path) -> None:
+    alias = ws.parent / "via-link"
+    alias.symlink_to(ws)
+    proc = sbx(sim, "run", "claude", cwd=alias, env={"PWD": str(alias)})
+    assert proc.returncode == 0, proc.stderr
+    assert "in claude-via-link" in proc.stderr
+    assert SEED_WITHOUT in proc.stdout
+
+
+def test_stopped_sandbox_with_its_own_name_is_found(sim: Sim, ws: Path) -> None:
+    sim.create("claude", ws, name="foo")
+    sim.docker("sandbox", "stop", "foo", check=True)
+    proc = sbx(sim, "run", "claude", str(ws))
+    assert proc.returncode == 0, proc.stderr
+    assert [s["name"] for s in sim.sandboxes()] == ["foo"]
+    assert sim.settings("foo") == SEED_WITHOUT
+    assert "in foo" in proc.stderr
+
+
+def test_new_workspace_started_from_several_terminals_at_once(sim: Sim, ws: Path) -> None:
+    env = {**sim.env, "SBX_PROFILE_CHECK": "0"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sandboxwrap", "run", "claude", str(ws)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=scaled(120)) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert [s["name"] for s in sim.sandboxes()] == ["claude-my-project"]
+    assert sim.settings("claude-my-project") == SEED_WITHOUT
+
+
+@pytest.mark.parametrize("agent", ["claude", "codex"])
+def test_a_claude_sandbox_named_like_an_agent(sim: Sim, ws: Path, agent: str) -> None:
+    sim.create("claude", ws, name=agent)
+    proc = sbx(sim, "run", agent, cwd=sim.workspace("elsewhere"))
+    assert proc.returncode == 0, proc.stderr
+    assert sim.settings(agent) == SEED_WITHOUT
+    assert [s["name"] for s in sim.sandboxes()] == [agent]
+
+
+def test_combined_short_flags(sim: Sim, ws: Path) -> None:
+    proc = sbx(sim, "run", "-Dt", "my/img:1", "claude", str(ws))
+    assert proc.returncode == 0, proc.stderr
+    assert sim.settings("claude-my-project") == SEED_WITHOUT
+    assert sim.sandbox("claude-my-project")["template"] == "my/img:1"
+
+
+def test_plugin_usage_errors_are_the_plugins_own(sim: Sim, ws: Path) -> None:
+    plain = sim.docker("sandbox", "run", "--no-such-flag", "claude", str(ws))
+    proc = sbx(sim, "run", "--no-such-flag", "claude", str(ws))
+    assert proc.returncode == plain.returncode == 125
+    assert plain.stderr in proc.stderr
+    assert sim.sandboxes() == []
+
+
+def test_suggested_fix_for_an_sbx_option_after_run(sim: Sim, ws: Path) -> None:
+    proc = sbx(sim, "run", "--auth", "oauth", "claude", ".")
+    assert "`sbx --auth oauth run claude .`" in proc.stderr
+    proc = sbx(sim, "run", "claude", "--force")
+    assert "`sbx --force run claude`" in proc.stderr
+    assert sbx(sim, "run", "--verbose", "claude").returncode == 2
+
+
+def test_patch_refuses_other_agents(sim: Sim, ws: Path) -> None:
+    name = sim.create("codex", ws)
+    proc = sbx(sim, "--auth", "api-key", "patch", name)
+    assert proc.returncode == 70
+    assert "codex" in proc.stderr
+    assert not sim.settings_path(name).exists()

@@ -64,8 +64,10 @@ def test_empty_file_counts_as_empty_object(empty: bytes) -> None:
         (b'{"a": 1,}', "line 1, column 9"),
         (b'{\n  // comment\n  "apiKeyHelper": "echo proxy-managed"\n}', "line 2, column 3"),
         (b'{"apiKeyHelper": "echo proxy-man', "line 1, column 18"),
-        (b"[1, 2]", "array"),
-        (b'"text"', "str"),
+        (b"[1, 2]", "an array"),
+        (b'"text"', "a string"),
+        (b"null", "null"),
+        (b"3", "a number"),
         (b"\xff\xfe{}", "UTF-8"),
     ],
 )
