@@ -137,7 +137,9 @@ class Patcher:
 
         try:
             # update() re-reads under the lock and retries if another writer got in between.
-            outcome = remote.update(session, decide, backup=self.options.force)
+            outcome = remote.update(
+                session, decide, backup=self.options.force, sandbox=self.sandbox
+            )
             current, change = decided[-1]
             self.reporter.step(f"settings file: {current.display} (real path {current.target})")
             result = PatchResult(self.sandbox, current.display, change.action)

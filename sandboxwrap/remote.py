@@ -3,7 +3,10 @@
 Everything is decided on the host; the sandbox only runs a POSIX shell and coreutils
 (`base64`, `sha256sum`, `stat`, `readlink`, `mkdir`, `mv`, `cp`, `chmod`, `chown`).
 Contents travel base64-encoded in short lines. This module never imports pexpect: it
-talks to any object with the `Session.run` method below.
+talks to any object with the `Session.run` method below. The lock and the temporary files
+are cleaned up on any exception (KeyboardInterrupt, or SIGTERM/SIGHUP raised as one), and
+a folder the sandbox user may not write in is reported at once, with the command that
+fixes it.
 """
 
 from __future__ import annotations
@@ -318,10 +321,86 @@ def read_layers(
 # -- locking ------------------------------------------------------------------------------
 
 
-def _ensure_folder(session: Session, rf: RemoteFile) -> None:
+def _folder_display(rf: RemoteFile) -> str:
+    """The folder holding the target, as the user knows it (`~/.claude`)."""
+    return rf.folder if rf.is_symlink else posixpath.dirname(rf.display)
+
+
+def _shell_user(session: Session) -> str:
+    """The sandbox shell's user name (for hints), `agent` if it cannot be told."""
+    with contextlib.suppress(ShellError, ValueError):
+        result = session.run("command id -un 2>/dev/null")
+        name = _last(result.output)
+        if result.status == 0 and name and all(c.isalnum() or c in "._-" for c in name):
+            return name
+    return "agent"
+
+
+def _folder_error(
+    session: Session, rf: RemoteFile, verb: str, detail: str, sandbox: str | None
+) -> WriteError:
+    """A WriteError for a folder the sandbox user may not change, with the fix."""
+    reason = detail.rsplit(": ", 1)[-1].strip() or "failed"
+    reason = reason[:1].lower() + reason[1:]
+    hint = None
+    if "permission denied" in reason.lower():
+        user = _shell_user(session)
+        name = sandbox or "SANDBOX"
+        folder = _q(rf.folder)
+        fix = (
+            f"sudo chown -R {user} {folder}"
+            if verb == "write in"
+            else f"sudo install -d -o {user} {folder}"
+        )
+        hint = (
+            f"give the folder to the sandbox user {user}: "
+            f"`docker sandbox exec -it {name} {fix}` (it has passwordless sudo)"
+        )
+    return WriteError(
+        f"cannot {verb} {_folder_display(rf)} (the folder of {rf.display}) in the sandbox: "
+        f"{reason}",
+        hint=hint,
+    )
+
+
+def _ensure_folder(session: Session, rf: RemoteFile, sandbox: str | None = None) -> None:
     if not rf.folder_exists:
         _set_var(session, "sbx_d", rf.folder)
-        _run(session, 'command mkdir -p -- "$sbx_d"', f"creating the folder of {rf.display}")
+        result = session.run('command mkdir -p -- "$sbx_d" 2>&1')
+        if result.status != 0:
+            raise _folder_error(session, rf, "create", _last(result.output), sandbox)
+
+
+# Removes the lock only if this shell holds it; a broken session leaves it for stale recovery.
+_RELEASE = (
+    '[ "$(command cat -- "$sbx_l/pid" 2>/dev/null)" = "$$" ] && command rm -rf -- "$sbx_l"; :'
+)
+
+
+def _to_the_end(cleanup: Callable[[], None]) -> None:
+    """Run `cleanup` to its end, even when an exception (a signal turned into one) cuts it.
+
+    Cut short, it runs once more before that exception goes on. Shell failures in it are
+    ignored: a broken session leaves the rest to stale-lock and leftover recovery.
+    """
+
+    def once() -> None:
+        with contextlib.suppress(ShellError, WriteError, ValueError):
+            cleanup()
+
+    try:
+        once()
+    except BaseException:
+        once()  # the session waits for the interrupted command first: nothing runs twice
+        raise
+
+
+def _release(session: Session, remote_file: RemoteFile) -> None:
+    def release() -> None:
+        _set_var(session, "sbx_l", remote_file.lock_path)
+        session.run(_RELEASE)
+
+    _to_the_end(release)
 
 
 @contextlib.contextmanager
@@ -330,6 +409,7 @@ def lock(
     remote_file: RemoteFile,
     timeout: float = 45.0,
     *,
+    sandbox: str | None = None,
     stale_after: float = 30.0,
     poll: float = 0.2,
     sleep: Callable[[float], None] = time.sleep,
@@ -340,15 +420,39 @@ def lock(
     The lock records the pid of the sandbox shell holding it; a lock whose shell is gone
     (sbx was killed), or older than `stale_after` s (the shell of a killed sbx may live on
     inside the sandbox; writes refresh the lock's age), is removed. Creates the folder if
-    it is missing. Re-read the file after entering: it may have changed while we waited.
+    it is missing. A folder the shell may not write in fails at once (WriteError; `sandbox`
+    names the sandbox in its hint). Re-read the file after entering: it may have changed
+    while we waited. Any exception, KeyboardInterrupt and the like included, releases it.
     """
-    _ensure_folder(session, remote_file)
+    try:
+        _acquire(session, remote_file, timeout, sandbox, stale_after, poll, sleep, clock)
+        yield
+    finally:
+        # Also when acquiring failed or was interrupted: right after our mkdir, the lock
+        # may be ours already. Releasing a lock that is not ours does nothing.
+        _release(session, remote_file)
+
+
+def _acquire(
+    session: Session,
+    remote_file: RemoteFile,
+    timeout: float,
+    sandbox: str | None,
+    stale_after: float,
+    poll: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> None:
+    _ensure_folder(session, remote_file, sandbox)
     _set_var(session, "sbx_l", remote_file.lock_path)
-    # The holder counts as alive while its process exists and is not a zombie: kill -0
-    # succeeds on zombies, and not every init reaps orphans of a killed sbx quickly.
+    # A failed mkdir with no lock there is not contention (permission denied, read-only
+    # file system): say so at once. The holder counts as alive while its process exists
+    # and is not a zombie: kill -0 succeeds on zombies, and not every init reaps orphans
+    # of a killed sbx quickly.
     acquire = (
-        'if command mkdir -- "$sbx_l" 2>/dev/null; then '
-        'printf \'%s\\n\' "$$" >"$sbx_l/pid" && echo ACQUIRED; else '
+        'if e=$(command mkdir -- "$sbx_l" 2>&1); then '
+        'printf \'%s\\n\' "$$" >"$sbx_l/pid" && echo ACQUIRED; '
+        'elif [ ! -e "$sbx_l" ] && [ ! -L "$sbx_l" ]; then printf \'FAILED %s\\n\' "$e"; else '
         'o=$(command cat -- "$sbx_l/pid" 2>/dev/null); n=$(command date +%s); '
         'm=$(command stat -c %Y -- "$sbx_l" 2>/dev/null || echo "$n"); a=$((n - m)); z=1; '
         'if [ -z "$o" ]; then z=0; elif [ -r "/proc/$o/status" ]; then s=; '
@@ -356,40 +460,38 @@ def lock(
         'case "$s" in ""|Z|X) ;; *) z=0 ;; esac; elif kill -0 "$o" 2>/dev/null; then z=0; fi; '
         'if [ "$z" = 1 ] || { [ -z "$o" ] && [ "$a" -gt 5 ]; } || '
         f'[ "$a" -gt {int(stale_after)} ]; then command rm -rf -- "$sbx_l"; echo "STALE $o $a"; '
-        'else echo "HELD $o $a"; fi; fi'
+        'else echo "HELD ${o:-?} $a"; fi; fi'
     )
     deadline = clock() + timeout
     stale_removed = 0
     while True:
         out = _run(session, acquire, f"locking {remote_file.display}")
-        state = _last(out)
+        failed = [line for line in out.split("\n") if line.startswith("FAILED")]
+        state = failed[0] if failed else _last(out)
         if state == "ACQUIRED":
-            break
+            return
+        if state.startswith("FAILED") and "file exists" not in state.lower():
+            raise _folder_error(session, remote_file, "write in", state[6:], sandbox)
         if state.startswith("STALE") and stale_removed < 5:
             stale_removed += 1
             continue  # removed a dead holder's lock: try again at once
-        if not state.startswith("HELD"):
+        if not state.startswith(("HELD", "FAILED")):  # FAILED here: it was just released
             raise ShellError(f"unexpected answer while locking {remote_file.display}: {state}")
         if clock() >= deadline:
             parts = state.split()
-            holder = parts[1] if len(parts) > 1 else "?"
+            holder = parts[1] if state.startswith("HELD") and len(parts) > 1 else "?"
+            whose = (
+                f"held by sandbox process {holder}"
+                if holder != "?"
+                else "held (by a process that has not written its id yet)"
+            )
             raise WriteError(
                 f"another sbx seems to be changing {remote_file.display}: "
-                f"{remote_file.lock_path} is held by sandbox process {holder}",
+                f"{remote_file.lock_path} is {whose}",
                 hint=f"wait for it to finish, or remove {remote_file.lock_path} inside the "
                 "sandbox if no sbx is running",
             )
         sleep(poll)
-    try:
-        yield
-    finally:
-        # Only our own lock is removed; a broken session leaves it for stale recovery.
-        with contextlib.suppress(ShellError, WriteError, ValueError):
-            _set_var(session, "sbx_l", remote_file.lock_path)
-            session.run(
-                '[ "$(command cat -- "$sbx_l/pid" 2>/dev/null)" = "$$" ] && '
-                'command rm -rf -- "$sbx_l"; :'
-            )
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -407,16 +509,19 @@ def write_atomic(
     backup: bool = False,
     chunk: int = 600,
     now: Callable[[], datetime] = datetime.now,
+    sandbox: str | None = None,
 ) -> str | None:
     """Replace the target with `data` atomically; return the backup's path if one was made.
 
     Call it holding `lock` with `remote_file` read under that lock. Writes a temporary file
     in the target's folder, checks its sha256, keeps the original mode and owner (0644 and
     the shell user's for a new file), renames it over the target only if the target still
-    has the bytes that were read (else WriteConflict), then reads the target back.
+    has the bytes that were read (else WriteConflict), then reads the target back. Any
+    exception on the way (KeyboardInterrupt and the like included) removes the temporary
+    files. `sandbox`, the sandbox's name, is only used in hints.
     """
     rf = remote_file
-    _ensure_folder(session, rf)
+    _ensure_folder(session, rf, sandbox)
     # Shell variables: sbx_t target, sbx_d its folder, sbx_n its name, sbx_x our temporary
     # files' suffix, sbx_l the lock. Temporary files are "$sbx_d/.$sbx_n.sbx-tmp-*", so
     # leftovers of killed runs are easy to find.
@@ -425,24 +530,27 @@ def write_atomic(
     _set_var(session, "sbx_n", posixpath.basename(rf.target))
     _set_var(session, "sbx_l", rf.lock_path)
     _run(session, f"sbx_x={secrets.token_hex(4)}", "naming a temporary file")
-    # Leftovers of killed runs, removed only while we hold the lock (their owner is gone).
-    _run(
-        session,
-        '[ "$(command cat -- "$sbx_l/pid" 2>/dev/null)" = "$$" ] && '
-        'command rm -f -- "$sbx_d/.$sbx_n.sbx-tmp-"*; :',
-        "removing leftover temporary files",
-    )
     backup_path: str | None = None
-    if backup and rf.exists and rf.data is not None:
-        backup_path = _make_backup(session, rf, now)
     try:
+        # Leftovers of killed runs, removed only while we hold the lock (their owner is gone).
+        _run(
+            session,
+            '[ "$(command cat -- "$sbx_l/pid" 2>/dev/null)" = "$$" ] && '
+            'command rm -f -- "$sbx_d/.$sbx_n.sbx-tmp-"*; :',
+            "removing leftover temporary files",
+        )
+        if backup and rf.exists and rf.data is not None:
+            backup_path = _make_backup(session, rf, now)
         _upload(session, rf, data, chunk)
         _finish_and_swap(session, rf)
     except BaseException:
-        with contextlib.suppress(ShellError, WriteError, ValueError):
+        # Any exception: KeyboardInterrupt, or SIGTERM/SIGHUP turned into one, included.
+        def remove() -> None:
             session.run(
                 'command rm -f -- "$sbx_d/.$sbx_n.sbx-tmp-$sbx_x" "$sbx_d/.$sbx_n.sbx-tmp-$sbx_x".*'
             )
+
+        _to_the_end(remove)
         raise
     # Read back what is now at the target and compare it with what we meant to write.
     written = _read_bytes(session, rf.target, rf.display, len(data))
@@ -547,24 +655,26 @@ def update(
     backup: bool = False,
     lock_timeout: float = 45.0,
     attempts: int = 3,
+    sandbox: str | None = None,
 ) -> UpdateResult:
     """Read settings.json, and if `transform` returns new bytes, write them under the lock.
 
     `transform` gets the file as read (data None when missing) and returns the new bytes,
     or None to leave it alone. It is called again on the file re-read under the lock, and
-    again after a WriteConflict (up to `attempts` times).
+    again after a WriteConflict (up to `attempts` times). `sandbox`, the sandbox's name, is
+    only used in hints (`docker sandbox exec -it NAME …`).
     """
     first = read_settings(session)
     if transform(first) in (None, first.data):
         return UpdateResult(before=first, data=first.data, changed=False, backup=None)
     for _ in range(attempts):
-        with lock(session, first, timeout=lock_timeout):
+        with lock(session, first, timeout=lock_timeout, sandbox=sandbox):
             current = read_settings(session)
             new = transform(current)
             if new is None or new == current.data:
                 return UpdateResult(before=current, data=current.data, changed=False, backup=None)
             try:
-                made = write_atomic(session, current, new, backup=backup)
+                made = write_atomic(session, current, new, backup=backup, sandbox=sandbox)
             except WriteConflict:
                 continue
             return UpdateResult(before=current, data=new, changed=True, backup=made)

@@ -5,14 +5,22 @@ This is the only module that imports pexpect, and it does so lazily, so that a
 
 The protocol, in short. Whatever interactive shell `docker sandbox exec -it` starts
 (bash, zsh, fish..., with any rc files, themes and hooks), the first line typed replaces
-it: `stty sane; exec env ENV= ... PS1=SBX\\P<nonce>: /bin/sh -i`, a POSIX sh that reads
-no rc file. The line holds no quotes, so an rc that eats part of it cannot leave the user's
-shell inside an open quote; it is typed again (new nonce) while no nonce prompt shows.
+it: ` stty sane; export SAVEHIST=0 HISTFILE=/dev/null; exec env ENV= ... PS1=SBX\\P<nonce>:
+/bin/sh -i`, a POSIX sh that reads no rc file (the leading space and the history variables
+keep the line out of the user's shell history). The line holds no quotes, so an rc that
+eats part of it cannot leave the user's shell inside an open quote; it is typed again (new
+nonce) while no nonce prompt shows.
 The nonce prompt is only a hint: the clean sh is exec'd once more (so no prompt is
 exported), given a per-session prompt holding a random token, echo off, no aliases, and
 readiness is proved by a marker that only printf can assemble from split arguments.
 Every command then goes as one short line: a begin marker, the command, and a line with
-its exit status, all assembled by printf; the output is what lies between them.
+its exit status, all assembled by printf; the output is what lies between them. A command
+whose wait is cut short by an exception (Ctrl-C, a signal turned into one) is waited for
+before the next one, so cleanups after an interrupt run in step.
+
+Only status 255 of `docker sandbox exec` (the VM booting) and a silent exec are retried;
+the transcript keeps only the size and last 3 lines of what the shell printed before it
+was ready, and redacts token shapes everywhere (`redact_tokens`).
 """
 
 from __future__ import annotations
@@ -51,7 +59,32 @@ _ANSI_RE = re.compile(
 # After this long without the sync marker, the setup line is typed again (see start()).
 _SETUP_RESEND = 0.5
 _CRLF_RE = re.compile(r"\r+\n")
-_SK_ANT_RE = re.compile(r"sk-ant-[A-Za-z0-9_-]{8,}")
+# Token shapes redacted wherever sandbox output is logged or shown, in this order (the
+# generic `key = value` rule last, so it leaves the placeholders of the others alone).
+_TOKEN_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(
+            r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+            re.DOTALL,
+        ),
+        "<redacted private key>",
+    ),
+    (re.compile(r"sk-ant-[A-Za-z0-9_-]{8,}"), "<redacted sk-ant token>"),
+    (
+        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{16,})"),
+        "<redacted GitHub token>",
+    ),
+    (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{8,}"), "<redacted Slack token>"),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "<redacted AWS key id>"),
+    (re.compile(r"(?i)\b(Bearer[ \t]+)[A-Za-z0-9._~+/=-]{6,}"), r"\1<redacted>"),
+    (
+        re.compile(
+            r"(?i)((?:api[_-]?key|access[_-]?key|token|secret|password|passwd)[\"']?"
+            r"[ \t]*[=:][ \t]*[\"']?)(?!<redacted)[^\s\"']+"
+        ),
+        r"\1<redacted>",
+    ),
+)
 # Long runs of the base64 alphabet that are not plain hex digests: file data that
 # escaped the explicit payload marking, redacted in every transcript line.
 _B64_RUN_RE = re.compile(r"[A-Za-z0-9+/]{60,}={0,2}")
@@ -70,6 +103,31 @@ _PERMANENT_RE = re.compile(
 def strip_ansi(text: str) -> str:
     """Remove terminal escape sequences (colours, titles, bracketed-paste toggles)."""
     return _ANSI_RE.sub("", text)
+
+
+def redact_tokens(text: str) -> str:
+    """Replace common credential shapes in `text` with `<redacted …>` placeholders.
+
+    `sk-ant-…`, GitHub (`ghp_` `gho_` `ghu_` `ghs_` `ghr_` `github_pat_`), Slack (`xox?-`)
+    and AWS (`AKIA…`) tokens, private-key blocks, `Bearer <token>`, and the value in
+    `api_key=…`, `token: …`, `secret=…`, `password=…` and the like.
+    """
+    for pattern, replacement in _TOKEN_RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration for messages: whole seconds from 10 s up, else one decimal (`1`, `2.5`)."""
+    if seconds >= 9.95:
+        return f"{seconds:.0f}"
+    if seconds < 0.05:
+        return f"{seconds:.2g}"
+    return f"{seconds:.1f}".removesuffix(".0")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 @dataclass(frozen=True)
@@ -94,17 +152,31 @@ class ExecFailed(ShellError):
 
 
 class NotReady(ShellError):
-    """No ready shell appeared in time; `saw_output` tells whether anything was printed at all."""
+    """No ready shell appeared in time; `saw_output` tells whether anything was printed at all.
 
-    def __init__(self, message: str, *, saw_output: bool, output: str) -> None:
+    `limit` names the limit that ran out: "hang" (nothing printed within `hang_timeout`),
+    "start-up" (the shell printed, then was not ready within `hang_timeout` of that) or
+    "ready" (`ready_timeout`).
+    """
+
+    def __init__(
+        self, message: str, *, saw_output: bool, output: str, limit: str = "ready"
+    ) -> None:
         super().__init__(message)
         self.saw_output = saw_output
         self.output = output
+        self.limit = limit
+
+
+def _lines(text: str) -> list[str]:
+    """The non-blank lines of terminal output, escapes removed, `\\r` redraws split."""
+    return [line.strip() for line in re.split(r"[\r\n]+", strip_ansi(text)) if line.strip()]
 
 
 def _last_line(text: str) -> str:
-    lines = [line.strip() for line in strip_ansi(text).splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+    """The last non-blank line of `text`, tokens redacted, for a message."""
+    lines = _lines(text)
+    return redact_tokens(lines[-1])[:200] if lines else ""
 
 
 def _payload_size(b64_chars: int, padding: int) -> int:
@@ -173,10 +245,10 @@ class Transcript:
         return self._path
 
     def redact(self, text: str) -> str:
-        """Remove the configured secrets, `sk-ant-…` tokens and long base64 runs from `text`."""
+        """Remove the configured secrets, token shapes and long base64 runs from `text`."""
         for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
-        text = _SK_ANT_RE.sub("<redacted sk-ant token>", text)
+        text = redact_tokens(text)
 
         def b64(m: re.Match[str]) -> str:
             run = m.group(0)
@@ -288,7 +360,9 @@ class ShellSession:
         self._status_re = re.compile(r"SBXRC" + self._token + r":(\d+)\n?\Z")
         self._ready = False
         self._broken = False
+        self._unsynced = False
         self._syncs = 0
+        self._startup: list[str] = []
         # One command at a time, even if a watcher thread shares the session.
         self._lock = threading.RLock()
 
@@ -340,8 +414,14 @@ class ShellSession:
     ) -> None:
         """Spawn argv and turn whatever shell it starts into the clean framed shell.
 
-        Raises ExecFailed if the child ends first, NotReady if no clean shell appears within
-        `ready_timeout` s (or nothing at all is printed within `hang_timeout` s).
+        Raises ExecFailed if the child ends first, NotReady if no clean shell appears in
+        time: within `ready_timeout` s, or, with `hang_timeout`, as soon as nothing at all
+        has been printed for `hang_timeout` s (limit "hang"). A shell that has printed
+        something is running its start-up files and is waited for: at least `hang_timeout`
+        s from its first output, even past `ready_timeout` (limit "start-up").
+
+        What the shell prints before it is ready (rc chatter, which may hold secrets) is not
+        logged as it comes: the transcript gets its size and its last 3 lines, redacted.
         """
         import pexpect  # only the patching path pays for this import
 
@@ -370,7 +450,53 @@ class ShellSession:
         # wait for a prompt before typing, and a write sends hundreds of short lines.
         self._child.delaybeforesend = None
         self._child.delayafterclose = 0.02  # the shell has usually exited already
+        self._startup = []
+        try:
+            self._start(t0, ready_timeout, hang_timeout, resend_interval)
+        finally:
+            self._log_startup()
+
+    def _take_startup(self) -> str:
+        """What arrived since the last look, kept (not logged) as start-up output."""
+        text = self._recorder.take()
+        if text:
+            self._startup.append(text)
+        return text
+
+    def _log_startup(self) -> None:
+        """Put the start-up output's size and its last 3 lines (redacted) in the transcript."""
+        if self.transcript is None:
+            return
+        text = "".join(self._startup)
+        self._startup = []
+        lines = _lines(text)
+        self.transcript.note(
+            f"start-up output: {len(text.encode('utf-8', 'replace'))} bytes, "
+            f"{_plural(len(lines), 'line')}"
+            + (f"; the last {min(len(lines), 3)}:" if lines else "")
+        )
+        for line in lines[-3:]:
+            self.transcript.received(line[:300])
+
+    def _start(
+        self,
+        t0: float,
+        ready_timeout: float,
+        hang_timeout: float | None,
+        resend_interval: float,
+    ) -> None:
+        import pexpect
+
         deadline = t0 + ready_timeout
+        limit = "ready"
+        first_output: float | None = None
+
+        def too_late(what: str) -> NotReady:
+            if limit == "start-up" and hang_timeout is not None:
+                span = f"{format_seconds(hang_timeout)} s of the shell's first output"
+            else:
+                span = f"{format_seconds(ready_timeout)} s"
+            return self._not_ready(f"{what} within {span}", "".join(self._startup), limit)
 
         # Phase 1: type the trampoline until its nonce prompt shows. A slow rc or a prompt
         # theme may swallow typeahead, so the line is sent again (fresh nonce) at growing
@@ -381,15 +507,16 @@ class ShellSession:
         nonces: list[str] = []
         interval = resend_interval
         next_send = t0
-        seen = ""
         while True:
             now = time.monotonic()
             if now >= deadline:
-                seen += self._flush_received()
-                raise self._not_ready(f"no shell prompt within {ready_timeout:g} s", seen)
-            silent = self._recorder.total == 0 and not seen
+                self._take_startup()
+                raise too_late("no shell prompt")
+            silent = self._recorder.total == 0
             if hang_timeout is not None and silent and now - t0 >= hang_timeout:
-                raise self._not_ready(f"nothing printed within {hang_timeout:g} s", "")
+                raise self._not_ready(
+                    f"nothing printed within {format_seconds(hang_timeout)} s", "", "hang"
+                )
             if now >= next_send:
                 nonce = secrets.token_hex(8)
                 nonces.append(nonce)
@@ -398,17 +525,23 @@ class ShellSession:
                 interval = min(interval * 1.5, 4.0)
             ready_re = re.compile("SBXP(?:" + "|".join(nonces) + "):")
             limits = [next_send, deadline]
-            if hang_timeout is not None and self._recorder.total == 0:
+            if hang_timeout is not None and silent:
                 limits.append(t0 + hang_timeout)
             wait = max(0.01, min(limits) - time.monotonic())
             index = self._child.expect_list([ready_re, pexpect.EOF, pexpect.TIMEOUT], timeout=wait)
-            seen += self._flush_received()
+            self._take_startup()
+            if first_output is None and self._recorder.total:
+                # The shell answered: from now on its start-up files are running. They get
+                # at least hang_timeout more, whatever is left of the boot allowance.
+                first_output = time.monotonic()
+                if hang_timeout is not None and first_output + hang_timeout > deadline:
+                    deadline, limit = first_output + hang_timeout, "start-up"
             if index == 0:
                 break
             if index == 1:
                 status = self._exit_status()
                 self._note(f"exec ended with status {status}")
-                raise ExecFailed(status, strip_ansi(seen))
+                raise ExecFailed(status, strip_ansi("".join(self._startup)))
 
         # Phase 2: dash keeps the export flag of PS1 even after `unset`, and an exported
         # prompt would be printed by `env`, faking a prompt match later. So exec once more
@@ -424,27 +557,26 @@ class ShellSession:
         while True:
             now = time.monotonic()
             if now >= deadline:
-                raise self._not_ready(
-                    f"the shell did not finish its setup within {ready_timeout:g} s", seen
-                )
+                raise too_late("the shell did not finish its setup")
             self._send(setup)
             marker_re = self._send_marker()
             index = self._child.expect_list(
                 [marker_re, pexpect.EOF, pexpect.TIMEOUT],
                 timeout=max(min(wait, deadline - now), 0.01),
             )
-            seen += self._flush_received()
+            self._take_startup()
             if index == 0:
                 index = self._child.expect_list(
                     [self._prompt_re, pexpect.EOF, pexpect.TIMEOUT],
                     timeout=max(deadline - time.monotonic(), 1.0),
                 )
-                seen += self._flush_received()
+                self._take_startup()
                 if index == 0:
                     break
             if index == 1:
                 status = self._exit_status()
-                raise ExecFailed(status, strip_ansi(seen))
+                self._note(f"exec ended with status {status}")
+                raise ExecFailed(status, strip_ansi("".join(self._startup)))
             wait = min(wait * 2, 4.0)
         self._ready = True
         self._note(f"ready after {time.monotonic() - t0:.2f} s")
@@ -474,24 +606,31 @@ class ShellSession:
                 self._broken = True
                 raise self._error("the sandbox shell stopped answering")
 
-    def _not_ready(self, message: str, seen: str) -> NotReady:
+    def _not_ready(self, message: str, seen: str, limit: str) -> NotReady:
         saw = bool(strip_ansi(seen).strip())
         self._note(message)
         path = self.transcript.path if self.transcript is not None else None
-        err = NotReady(message, saw_output=saw, output=strip_ansi(seen))
+        err = NotReady(message, saw_output=saw, output=strip_ansi(seen), limit=limit)
         if path:
             err.hint = f"transcript of the session: {path}"
         return err
 
     @staticmethod
     def _trampoline(nonce: str) -> str:
-        # Valid in bash, zsh, dash, fish and csh: replace the user's shell (rc files, themes,
+        # Valid in bash, zsh, dash and fish: replace the user's shell (rc files, themes,
         # hooks, vi mode, aliases) with a POSIX sh that reads no rc file at all. `stty sane`
         # first: an rc may leave the terminal raw, and a shell reading a raw terminal takes
         # whatever bytes are there, so lines typed after an `exec` could be lost or cut.
+        # Kept out of the user's history: the leading space is enough for fish, and for
+        # bash (HISTCONTROL=ignorespace) and zsh (hist_ignore_space) when so configured;
+        # bash saves its history when it execs, so HISTFILE=/dev/null sends that save
+        # nowhere, and zsh's SAVEHIST=0 stops its save without touching any file (zsh with
+        # HISTFILE=/dev/null would lock and rewrite /dev/null.*). `export` is a function in
+        # fish, so the line stays valid there. A zsh that writes each line as it is entered
+        # (inc_append_history, share_history) without hist_ignore_space cannot be helped.
         return (
-            "stty sane; exec env ENV= HISTFILE=/dev/null TERM=dumb "
-            f"PS1={_typed('P', nonce)} /bin/sh -i"
+            " stty sane; export SAVEHIST=0 HISTFILE=/dev/null; "
+            f"exec env ENV= HISTFILE=/dev/null TERM=dumb PS1={_typed('P', nonce)} /bin/sh -i"
         )
 
     def _setup_line(self) -> str:
@@ -527,14 +666,39 @@ class ShellSession:
             raise ValueError(f"command longer than {MAX_COMMAND} bytes")
         if not self._ready or self._broken:
             raise ShellError("the sandbox shell session is not usable")
-        import pexpect
+        if self._unsynced:
+            # The previous command was interrupted (Ctrl-C, SIGTERM as an exception) while
+            # we waited for its answer: it may still be running and its output is still on
+            # its way. Wait for it to finish (no ^C: a cleanup relies on each command
+            # having run whole or not at all), skipping what it printed.
+            self._note("re-synchronising after an interrupted command")
+            self._flush_received()
+            self._sync(self.timeout)
+            self._unsynced = False
+        # Until this command's answer is read, an exception leaves the session unsynced.
+        self._unsynced = True
+        result = self._run_framed(command, timeout=timeout, payload=payload)
+        self._unsynced = False
+        return result
 
+    def _run_framed(self, command: str, *, timeout: float | None, payload: bool) -> CommandResult:
         tok = self._token
         begin = f"printf '%s%s\\n' 'SBXB' '{tok}'; "
         end = f"; printf '%s%s:%s\\n' 'SBXRC' '{tok}' \"$?\""
         limit = self.timeout if timeout is None else timeout
         shown = begin + (_redact_payload_sent(command) if payload else command) + end
         self._send(begin + command + end, shown=shown)
+        try:
+            return self._answer(command, limit, payload)
+        except ShellError:
+            # Every ShellError path below has either resynchronised or marked the session
+            # broken itself; only other exceptions leave it waiting for an answer.
+            self._unsynced = False
+            raise
+
+    def _answer(self, command: str, limit: float, payload: bool) -> CommandResult:
+        import pexpect
+
         index = self._child.expect_list(
             [self._prompt_re, self._ps2_re, pexpect.EOF, pexpect.TIMEOUT],
             timeout=limit,
@@ -545,7 +709,9 @@ class ShellSession:
         if index == 3:
             self._log_received(raw, payload)
             self._broken = True
-            raise self._error(f"no answer from the sandbox shell within {limit:g} s to {what}")
+            raise self._error(
+                f"no answer from the sandbox shell within {format_seconds(limit)} s to {what}"
+            )
         if index == 2:
             self._log_received(raw, payload)
             self._broken = True
@@ -638,9 +804,13 @@ def _is_not_found(err: ExecFailed) -> bool:
 
 
 def _is_retryable(err: ExecFailed) -> bool:
-    if not err.output.strip():
-        return True
+    # Only status 255 means "the VM is booting, or too many run at once" (with no message).
+    # Any other early end is the shell itself going away (an rc with `exit` or `set -e`,
+    # a docker that is not docker): waiting would only turn that into a boot timeout.
     return err.status == 255 and not _PERMANENT_RE.search(err.output)
+
+
+_AUTO = -1.0
 
 
 def open_session(
@@ -652,7 +822,7 @@ def open_session(
     env: Mapping[str, str] | None = None,
     label: str = "the sandbox",
     on_retry: Callable[[int, float, str], None] | None = None,
-    hang_timeout: float | None = 20.0,
+    hang_timeout: float | None = _AUTO,
     first_delay: float = 0.5,
     max_delay: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
@@ -660,13 +830,17 @@ def open_session(
 ) -> ShellSession:
     """Start a ready ShellSession, retrying while the sandbox is still booting.
 
-    An exec that ends at once with status 255 or no message, or that prints nothing for
-    `hang_timeout` s, is retried with exponential backoff until `boot_timeout` s have
-    passed; `on_retry(attempt, delay, reason)` is called before each wait.
+    An exec that ends at once with status 255, or that prints nothing for `hang_timeout` s
+    (default: `timeout`, the `--timeout` setting; None: no such limit), is retried with
+    exponential backoff until `boot_timeout` s have passed; `on_retry(attempt, delay,
+    reason)` is called before each wait. Any other early end fails at once. A shell that
+    has printed something is waited for (see `ShellSession.start`) and not retried.
     """
+    hang = timeout if hang_timeout is not None and hang_timeout < 0 else hang_timeout
     deadline = clock() + boot_timeout
     backoff = first_delay
     attempt = 0
+    hangs = 0
     while True:
         attempt += 1
         args = list(argv() if callable(argv) else argv)
@@ -675,52 +849,110 @@ def open_session(
             transcript.note(f"attempt {attempt}")
         remaining = max(deadline - clock(), 0.5)
         try:
-            session.start(ready_timeout=remaining, hang_timeout=hang_timeout)
+            session.start(ready_timeout=remaining, hang_timeout=hang)
             return session
         except ExecFailed as err:
             session.close()
-            if _is_not_found(err):
-                raise ShellError(
-                    f"the shell `{args[-1]}` could not be started in {label}: "
-                    + (_last_line(err.output) or f"status {err.status}"),
-                    hint="use `--shell sh` to run the sandbox's /bin/sh instead",
-                ) from err
-            if not _is_retryable(err):
-                raise ShellError(
-                    f"`{' '.join(args[:3])}` failed for {label} (status {err.status}): "
-                    + _last_line(err.output),
-                    hint=_hint(transcript),
-                ) from err
+            _raise_if_final(err, args, label, transcript)
             reason = f"exec ended with status {err.status} and no message"
             if err.output.strip():
                 reason = f"exec ended with status {err.status}: {_last_line(err.output)}"
         except NotReady as err:
             session.close()
             if err.saw_output:
-                raise ShellError(
-                    f"the shell in {label} started but did not accept commands "
-                    f"within {boot_timeout:g} s: {err.message}",
-                    hint=_hint(transcript),
-                ) from err
+                raise _slow_start_up(err, label, boot_timeout, hang, transcript) from err
+            hangs += err.limit == "hang"
             reason = f"no answer from exec: {err.message}"
         except BaseException:
             session.close()
             raise
         delay = min(backoff, deadline - clock())
         if delay <= 0:
+            hint = (
+                "the VM may be slow to boot, or too many may run at once: check it with "
+                "`docker sandbox ls`, try again in a moment, or allow it more time with "
+                f"--boot-timeout (now {format_seconds(boot_timeout)} s)"
+            )
+            if hangs and hang is not None:
+                hint += (
+                    f"; each attempt that printed nothing was stopped after "
+                    f"{format_seconds(hang)} s: a shell whose start-up files run that long "
+                    "without printing anything needs a higher --timeout"
+                )
             raise ShellError(
-                f"{label} did not accept `docker sandbox exec` within {boot_timeout:g} s "
-                f"({attempt} attempts; last: {reason})",
-                hint="check it with `docker sandbox ls`, try again in a moment, "
-                "or allow more time with --boot-timeout"
-                + (f"; transcript: {transcript.path}" if transcript and transcript.path else ""),
+                f"{label} did not accept `docker sandbox exec` within "
+                f"{format_seconds(boot_timeout)} s ({_plural(attempt, 'attempt')}; "
+                f"last: {reason})",
+                hint=_with_transcript(hint, transcript),
             )
         if transcript is not None:
-            transcript.note(f"retrying in {delay:g} s: {reason}")
+            transcript.note(f"retrying in {format_seconds(delay)} s: {reason}")
         if on_retry is not None:
             on_retry(attempt, delay, reason)
         sleep(delay)
         backoff = min(backoff * 2, max_delay)
+
+
+def _raise_if_final(
+    err: ExecFailed, args: Sequence[str], label: str, transcript: Transcript | None
+) -> None:
+    """Raise the ShellError for an exec that ended early, unless it is worth retrying."""
+    last = _last_line(err.output)
+    status = "an unknown status" if err.status is None else f"status {err.status}"
+    if _is_not_found(err):
+        raise ShellError(
+            f"the shell `{args[-1]}` could not be started in {label}: " + (last or status),
+            hint="use `--shell sh` to run the sandbox's /bin/sh instead",
+        ) from err
+    if _PERMANENT_RE.search(err.output):
+        raise ShellError(
+            f"`{' '.join(args[:3])}` failed for {label} ({status}): {last}",
+            hint=_hint(transcript),
+        ) from err
+    if not _is_retryable(err):
+        raise ShellError(
+            f"the shell `{args[-1]}` in {label} ended with {status} before it was ready"
+            + (f"; its last output: {last}" if last else ", printing nothing"),
+            hint=_with_transcript(
+                "its start-up files (~/.bashrc, ~/.profile …) may end it, e.g. with `exit` "
+                "or `set -e`; `--shell sh` runs the sandbox's /bin/sh, which reads none",
+                transcript,
+            ),
+        ) from err
+
+
+def _slow_start_up(
+    err: NotReady,
+    label: str,
+    boot_timeout: float,
+    hang: float | None,
+    transcript: Transcript | None,
+) -> ShellError:
+    """The error for a shell that printed something but never became ready."""
+    if err.limit == "start-up" and hang is not None:
+        limit = f"the --timeout limit of {format_seconds(hang)} s after its first output"
+        raise_it = "--timeout"
+    else:
+        limit = f"the --boot-timeout limit of {format_seconds(boot_timeout)} s"
+        raise_it = "--boot-timeout or --timeout"
+    hint = (
+        f"a slow shell start-up (its rc files) needs a higher {raise_it}"
+        + (f" (--timeout is now {format_seconds(hang)} s)" if hang is not None else "")
+        + "; one that waits for input never ends: `--shell sh` runs the sandbox's /bin/sh, "
+        "which reads no start-up files"
+    )
+    last = _last_line(err.output)
+    return ShellError(
+        f"the shell in {label} started but did not accept commands within {limit}"
+        + (f"; its last output: {last}" if last else ""),
+        hint=_with_transcript(hint, transcript),
+    )
+
+
+def _with_transcript(hint: str, transcript: Transcript | None) -> str:
+    if transcript is not None and transcript.path is not None:
+        return f"{hint}; transcript of the session: {transcript.path}"
+    return hint
 
 
 def _hint(transcript: Transcript | None) -> str | None:

@@ -67,6 +67,4 @@ def render(shell: str, self_cmd: str) -> str:
     if shell in ("bash", "zsh"):
         rc = "~/.bashrc" if shell == "bash" else "~/.zshrc"
         return _POSIX.format(self_cmd=self_cmd, shell=shell, rc=rc)
-    raise UsageError(
-        f"unsupported shell {shell!r}", hint=f"supported shells: {', '.join(SHELLS)}"
-    )
+    raise UsageError(f"unsupported shell {shell!r}", hint=f"supported shells: {', '.join(SHELLS)}")

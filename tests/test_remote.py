@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from shells import helpers
 
 from sandboxwrap import remote
 from sandboxwrap.errors import WriteError
-from sandboxwrap.shell import ShellSession, Transcript
+from sandboxwrap.shell import CommandResult, ShellSession, Transcript
 
 HELPER = Path(helpers.__file__)
 
@@ -648,3 +648,183 @@ def test_fingerprint_notices_a_rewrite(sh_box: Box) -> None:
     assert first == hashlib.sha256(b"{}").hexdigest()
     sh_box.settings.write_bytes(b'{"apiKeyHelper": "echo proxy-managed"}')
     assert remote.fingerprint(sh_box.session, rf) != first
+
+
+# -- a folder the sandbox user may not write in ---------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["owned-by-root", "mode-555"])
+def test_unwritable_claude_folder_fails_at_once(world_tmp: Path, how: str) -> None:
+    """Run as nobody: root ignores mode bits, so this is the real permission check."""
+    home = world_tmp / "home"
+    claude = home / ".claude"
+    claude.mkdir(parents=True)
+    (claude / "settings.json").write_text('{"apiKeyHelper": "echo proxy-managed"}')
+    (claude / "settings.json").chmod(0o644)
+    if how == "mode-555":
+        os.chown(claude, 65534, 65534)
+        claude.chmod(0o555)
+    with ShellSession(AS_NOBODY, env=helpers.base_env(home)) as s:
+        s.start(ready_timeout=helpers.scaled(10))
+        t0 = time.monotonic()
+        with pytest.raises(WriteError) as info:
+            remote.update(s, lambda _f: b"{}", lock_timeout=3, sandbox="claude-proj")
+        assert time.monotonic() - t0 < 2, "not mistaken for a lock held by another sbx"
+        assert s.run("echo usable").output == "usable\n"
+    assert info.value.message == (
+        "cannot write in ~/.claude (the folder of ~/.claude/settings.json) in the sandbox: "
+        "permission denied"
+    )
+    assert info.value.hint is not None
+    assert f"`docker sandbox exec -it claude-proj sudo chown -R nobody {claude}`" in (
+        info.value.hint
+    )
+    assert "passwordless sudo" in info.value.hint
+    assert (claude / "settings.json").read_text() == '{"apiKeyHelper": "echo proxy-managed"}'
+    _no_leftovers(claude)
+
+
+def test_missing_claude_folder_in_an_unwritable_home(world_tmp: Path) -> None:
+    home = world_tmp / "home"
+    home.mkdir()
+    with ShellSession(AS_NOBODY, env=helpers.base_env(home)) as s:
+        s.start(ready_timeout=helpers.scaled(10))
+        with pytest.raises(WriteError) as info:
+            remote.update(s, lambda _f: b"{}", lock_timeout=3)
+    assert info.value.message == (
+        "cannot create ~/.claude (the folder of ~/.claude/settings.json) in the sandbox: "
+        "permission denied"
+    )
+    assert info.value.hint is not None
+    assert f"sudo install -d -o nobody {home / '.claude'}`" in info.value.hint
+    assert not (home / ".claude").exists()
+
+
+def test_a_lock_without_a_pid_does_not_name_process_0(sh_box: Box) -> None:
+    sh_box.claude.mkdir()
+    (sh_box.claude / "settings.json.sbx-lock").mkdir()  # its owner has not written a pid yet
+    rf = remote.locate(sh_box.session)
+    with (
+        pytest.raises(WriteError, match="another sbx") as info,
+        remote.lock(sh_box.session, rf, timeout=0.3),
+    ):
+        pass
+    assert "process 0" not in info.value.message
+    assert "has not written its id" in info.value.message
+
+
+# -- interrupted writes (Ctrl-C, or SIGTERM/SIGHUP raised as an exception) ------------------
+
+
+class Interrupted(BaseException):
+    """Not an Exception: stands for KeyboardInterrupt or SIGTERM turned into one."""
+
+
+class _Interrupting:
+    """Delegates to a session; interrupts the `nth` command that `match` selects.
+
+    `mid_wait`: the command is typed and the exception comes while its answer is awaited
+    (where a signal almost always lands); otherwise it comes before the command is sent.
+    """
+
+    def __init__(
+        self,
+        session: ShellSession,
+        match: Callable[[str, bool], bool],
+        *,
+        nth: int = 1,
+        mid_wait: bool = True,
+    ) -> None:
+        self.session = session
+        self.match = match
+        self.left = nth
+        self.mid_wait = mid_wait
+        self.fired = False
+
+    def run(
+        self, command: str, *, timeout: float | None = None, payload: bool = False
+    ) -> CommandResult:
+        if not self.fired and self.match(command, payload):
+            self.left -= 1
+            if self.left == 0:
+                self.fired = True
+                if not self.mid_wait:
+                    raise Interrupted
+                child = self.session._child
+
+                def interrupt(*_a: object, **_k: object) -> int:
+                    raise Interrupted
+
+                child.expect_list = interrupt
+                try:
+                    return self.session.run(command, timeout=timeout, payload=payload)
+                finally:
+                    del child.expect_list
+        return self.session.run(command, timeout=timeout, payload=payload)
+
+
+STEPS: dict[str, Callable[[str, bool], bool]] = {
+    "locking": lambda c, _p: "ACQUIRED" in c,
+    "backup": lambda c, _p: "sbx-backup-" in c,
+    "upload": lambda _c, p: p,  # one chunk of file data, well into the upload
+    "decoding": lambda c, _p: "base64 -d" in c,
+    "renaming": lambda c, _p: "MOVED" in c,
+}
+
+
+@pytest.mark.parametrize("mid_wait", [True, False], ids=["while-waiting", "before-sending"])
+@pytest.mark.parametrize("step", list(STEPS))
+def test_an_interrupt_at_any_step_leaves_nothing_behind(
+    sh_box: Box, step: str, mid_wait: bool
+) -> None:
+    sh_box.claude.mkdir()
+    old = helpers.content("old", 0, 100)
+    new = helpers.content("new", 0, 100_000)
+    sh_box.settings.write_bytes(old)
+    nth = 7 if step == "upload" else 1
+    wrapped = _Interrupting(sh_box.session, STEPS[step], nth=nth, mid_wait=mid_wait)
+    with pytest.raises(Interrupted):
+        remote.update(wrapped, lambda _f: new, backup=True)
+    assert wrapped.fired
+    # Checked at once: the cleanup has finished by the time the exception arrives.
+    _no_leftovers(sh_box.claude)
+    current = sh_box.settings.read_bytes()
+    assert current == (new if step == "renaming" and mid_wait else old)
+    # And the session is still in step: each answer belongs to its own command.
+    assert sh_box.session.run("echo in-step").output == "in-step\n"
+    assert sh_box.session.run("echo again").output == "again\n"
+
+
+def test_a_real_signal_at_random_moments_leaves_nothing_behind(sh_box: Box) -> None:
+    """SIGALRM raising an exception lands wherever it lands, as SIGTERM would: in a wait,
+    between two commands, or in the cleanup of the lock itself."""
+    sh_box.claude.mkdir()
+    old = helpers.content("old", 0, 100)
+    sh_box.settings.write_bytes(old)
+    seed = int(os.environ.get("SBX_TEST_SEED") or time.time_ns())
+    print(f"signal test seed: {seed} (set SBX_TEST_SEED to replay)")
+    rng = random.Random(seed)  # noqa: S311 - picks signal moments, not secrets
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    interrupted = 0
+    try:
+        for i in range(30):
+            new = helpers.content(f"new{i}", i, rng.choice((2_000, 50_000, 200_000)))
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.001, 0.3))
+            try:
+                remote.update(sh_box.session, lambda _f, data=new: data, backup=i % 3 == 0)
+            except Interrupted:
+                interrupted += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            _no_leftovers(sh_box.claude)
+            current = sh_box.settings.read_bytes()
+            assert current in (old, new), f"round {i}"
+            old = current
+            assert sh_box.session.run("echo in-step").output == "in-step\n"
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupted >= 3, "the writes were too quick to interrupt"

@@ -24,9 +24,13 @@ from sandboxwrap.shell import (
     ExecFailed,
     ShellSession,
     Transcript,
+    format_seconds,
     open_session,
+    redact_tokens,
     strip_ansi,
 )
+
+SHELLS = Path(helpers.__file__).resolve().parent
 
 
 @pytest.fixture(params=helpers.MATRIX_KINDS + helpers.STARTUP_KINDS)
@@ -80,7 +84,9 @@ def test_slow_rc_and_swallowed_typeahead_need_resends(tmp_path: Path) -> None:
     assert transcript.path is not None
     log = transcript.path.read_text()
     assert log.count("exec env ENV=") >= 2, "the first trampoline was eaten and resent"
-    assert "typeahead eaten" in log
+    # The rc's chatter is summed up, not logged: only its size and its last 3 lines.
+    assert "# start-up output: " in log
+    assert "typeahead eaten" not in log
 
 
 def test_forged_markers_in_output_cannot_confuse_the_protocol(tmp_path: Path) -> None:
@@ -346,3 +352,364 @@ def test_importing_remote_does_not_import_pexpect() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+# -- early ends that are not a booting VM --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "rc", "status", "last"),
+    [
+        ("true", None, 0, None),  # docker replaced by /bin/true
+        ("shell", "bashrc-set-e-false", 1, None),  # `set -e; false` in ~/.bashrc
+        ("shell", "bashrc-exit-0", 0, "this sandbox shell is disabled"),  # `exit 0`
+    ],
+)
+def test_an_early_end_other_than_255_fails_at_once(
+    tmp_path: Path, mode: str, rc: str | None, status: int, last: str | None
+) -> None:
+    env = _fake(tmp_path, mode)
+    if rc is not None:
+        (tmp_path / "home" / ".bashrc").write_text((SHELLS / rc).read_text())
+    t0 = time.monotonic()
+    with pytest.raises(ShellError) as info:
+        open_session(ARGV, env=env, boot_timeout=helpers.scaled(6), first_delay=0.05)
+    assert time.monotonic() - t0 < helpers.scaled(3), "not retried as if the VM were booting"
+    assert _calls(tmp_path) == 1
+    msg = info.value.message
+    assert f"status {status}" in msg
+    assert "did not accept" not in msg, "not blamed on boot time"
+    if last is not None:
+        assert last in msg
+    else:
+        assert "printing nothing" in msg
+    assert info.value.hint is not None
+    assert "--shell sh" in info.value.hint
+
+
+def test_shell_sh_works_where_the_bashrc_ends_the_shell(tmp_path: Path) -> None:
+    """What the hint above suggests really gets past such an rc file."""
+    env = _fake(tmp_path, "shell")
+    (tmp_path / "home" / ".bashrc").write_text((SHELLS / "bashrc-set-e-false").read_text())
+    with open_session([*ARGV[:-1], "sh"], env=env, boot_timeout=helpers.scaled(10)) as s:
+        assert s.run("echo fine").output == "fine\n"
+
+
+def test_status_255_with_a_permanent_message_is_not_retried(tmp_path: Path) -> None:
+    env = _fake(tmp_path, "missing")
+    with pytest.raises(ShellError) as info:
+        open_session(ARGV, env=env, boot_timeout=helpers.scaled(6), first_delay=0.05)
+    assert _calls(tmp_path) == 1
+    assert "--shell sh" not in (info.value.hint or ""), "a missing sandbox is not an rc problem"
+
+
+# -- the hang limit and slow start-ups ------------------------------------------------------
+
+
+def test_hang_limit_defaults_to_the_command_timeout(tmp_path: Path) -> None:
+    env = _fake(tmp_path, "hang-first")
+    retries: list[str] = []
+    t0 = time.monotonic()
+    with open_session(
+        ARGV,
+        env=env,
+        timeout=1.0,
+        boot_timeout=helpers.scaled(10),
+        first_delay=0.05,
+        on_retry=lambda n, d, r: retries.append(r),
+    ) as s:
+        assert s.run("echo second").output == "second\n"
+    assert time.monotonic() - t0 < helpers.scaled(5)
+    assert _calls(tmp_path) == 2
+    assert retries == ["no answer from exec: nothing printed within 1 s"]
+
+
+def test_a_silent_slow_rc_works_with_a_long_enough_hang_limit(tmp_path: Path) -> None:
+    env = _fake(tmp_path, "shell")
+    (tmp_path / "home" / ".bashrc").write_text((SHELLS / "bashrc-silent-slow").read_text())
+    with open_session(
+        ARGV, env=env, boot_timeout=helpers.scaled(10), hang_timeout=helpers.scaled(5)
+    ) as s:
+        assert s.run("echo slow-but-fine").output == "slow-but-fine\n"
+    assert _calls(tmp_path) == 1
+
+
+def test_a_silent_slow_rc_names_both_limits(tmp_path: Path) -> None:
+    env = _fake(tmp_path, "shell")
+    (tmp_path / "home" / ".bashrc").write_text((SHELLS / "bashrc-silent-slow").read_text())
+    with pytest.raises(ShellError) as info:
+        open_session(ARGV, env=env, boot_timeout=2.5, hang_timeout=0.7, first_delay=0.05)
+    msg = info.value.message
+    assert msg.startswith("the sandbox did not accept `docker sandbox exec` within 2.5 s (")
+    assert " attempts; last: no answer from exec: " in msg
+    hint = info.value.hint
+    assert hint is not None
+    assert "--boot-timeout (now 2.5 s)" in hint
+    assert "stopped after 0.7 s" in hint
+    assert "--timeout" in hint.replace("--boot-timeout", "")
+
+
+def test_an_rc_that_prints_then_hangs_is_not_killed_by_the_hang_limit(tmp_path: Path) -> None:
+    """An exec that hangs but prints anything is waited for (bashrc-slow: 2 s after output)."""
+    env = _fake(tmp_path, "shell")
+    (tmp_path / "home" / ".bashrc").write_text((SHELLS / "bashrc-slow").read_text())
+    t0 = time.monotonic()
+    with open_session(ARGV, env=env, boot_timeout=helpers.scaled(20), hang_timeout=0.5) as s:
+        assert s.run("echo waited").output == "waited\n"
+    assert time.monotonic() - t0 >= 2
+    assert _calls(tmp_path) == 1
+
+
+def test_an_rc_that_prints_gets_the_hang_limit_past_the_boot_limit(tmp_path: Path) -> None:
+    """Once the shell prints, the VM is up: the start-up is timed by --timeout, not boot."""
+    env = _fake(tmp_path, "shell")
+    (tmp_path / "home" / ".bashrc").write_text((SHELLS / "bashrc-slow").read_text())
+    with open_session(ARGV, env=env, boot_timeout=0.5, hang_timeout=helpers.scaled(8)) as s:
+        assert s.run("echo up").output == "up\n"
+    assert _calls(tmp_path) == 1
+
+
+def test_an_rc_slower_than_the_hang_limit_names_the_timeout_option(tmp_path: Path) -> None:
+    env = _fake(tmp_path, "shell")
+    (tmp_path / "home" / ".bashrc").write_text((SHELLS / "bashrc-slow").read_text())
+    with pytest.raises(ShellError) as info:
+        open_session(ARGV, env=env, boot_timeout=0.3, hang_timeout=0.8, label="sandbox 'x'")
+    assert _calls(tmp_path) == 1
+    msg = info.value.message
+    assert msg.startswith("the shell in sandbox 'x' started but did not accept commands")
+    assert "the --timeout limit of 0.8 s after its first output" in msg
+    assert msg.endswith("; its last output: loading a slow rc...")
+    assert info.value.hint is not None
+    assert "higher --timeout (--timeout is now 0.8 s)" in info.value.hint
+
+
+def test_an_rc_slower_than_the_boot_limit_names_both_options(tmp_path: Path) -> None:
+    env = _fake(tmp_path, "shell")
+    (tmp_path / "home" / ".bashrc").write_text((SHELLS / "bashrc-slow").read_text())
+    with pytest.raises(ShellError) as info:
+        open_session(ARGV, env=env, boot_timeout=1.0, hang_timeout=0.3)
+    assert _calls(tmp_path) == 1
+    assert "started but did not accept commands within the --boot-timeout limit of 1 s" in (
+        info.value.message
+    )
+    assert info.value.hint is not None
+    assert "higher --boot-timeout or --timeout (--timeout is now 0.3 s)" in info.value.hint
+
+
+# -- message wording ------------------------------------------------------------------------
+
+
+def test_format_seconds() -> None:
+    assert format_seconds(0.99978) == "1"
+    assert format_seconds(59.9998) == "60"
+    assert format_seconds(60) == "60"
+    assert format_seconds(12.4) == "12"
+    assert format_seconds(2.34) == "2.3"
+    assert format_seconds(2.5) == "2.5"
+    assert format_seconds(9.96) == "10"
+    assert format_seconds(0.3) == "0.3"
+    assert format_seconds(0.01) == "0.01"
+
+
+def test_give_up_message_counts_and_rounds(tmp_path: Path) -> None:
+    env = _fake(tmp_path, "hang-first")
+    # The clock: deadline at 0.99978, a first attempt with all of it, then time is up.
+    ticks = iter([0.0, 0.0])
+    with pytest.raises(ShellError) as info:
+        open_session(
+            ARGV,
+            env=env,
+            boot_timeout=0.99978,
+            hang_timeout=None,
+            clock=lambda: next(ticks, 5.0),
+        )
+    msg = info.value.message
+    assert "within 1 s (1 attempt; last: no answer from exec: no shell prompt within 1 s)" in msg
+    assert "0.99" not in msg
+
+
+# -- history --------------------------------------------------------------------------------
+
+
+def _history_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [
+        line
+        for line in path.read_text(errors="replace").splitlines()
+        if "SBX" in line or "sbx" in line or "exec env" in line or "stty" in line
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",  # Ubuntu's own settings (HISTCONTROL=ignoreboth)
+        "unset HISTCONTROL",  # no help from HISTCONTROL
+        "unset HISTCONTROL; PROMPT_COMMAND='history -a'",  # history written after each line
+    ],
+)
+def test_the_trampoline_stays_out_of_bash_history(tmp_path: Path, extra: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text((SHELLS / "bashrc-ubuntu-history").read_text() + extra + "\n")
+    history = home / ".bash_history"
+    history.write_text("ls -la\n")
+    with ShellSession(["bash", "-i"], env=helpers.base_env(home)) as s:
+        s.start(ready_timeout=helpers.scaled(10))
+        assert s.run("echo hi").output == "hi\n"
+    assert history.read_text().splitlines()[0] == "ls -la"
+    assert _history_lines(history) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "",  # saved when the shell ends (or execs)
+        "setopt inc_append_history hist_ignore_space",  # saved as each line is entered
+        "setopt share_history hist_ignore_space",
+    ],
+)
+def test_the_trampoline_stays_out_of_zsh_history(tmp_path: Path, options: str) -> None:
+    helpers.require("zsh")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".zshrc").write_text(
+        f"HISTFILE=~/.zsh_history; SAVEHIST=1000; HISTSIZE=1000\n{options}\n"
+    )
+    with ShellSession(["zsh", "-i"], env=helpers.base_env(home)) as s:
+        s.start(ready_timeout=helpers.scaled(10))
+        assert s.run("echo hi").output == "hi\n"
+    assert _history_lines(home / ".zsh_history") == []
+    assert Path("/dev/null").is_char_device()
+
+
+def test_the_trampoline_stays_out_of_fish_history(tmp_path: Path) -> None:
+    helpers.require("fish")
+    argv, env = helpers.make_shell("bash-exec-fish", tmp_path / "home")
+    with ShellSession(argv, env=env) as s:
+        s.start(ready_timeout=helpers.scaled(15))
+        assert s.run("echo hi").output == "hi\n"
+    history = tmp_path / "home" / ".local" / "share" / "fish" / "fish_history"
+    assert _history_lines(history) == []
+
+
+# -- secrets in the transcript --------------------------------------------------------------
+
+LEAKED = (
+    "ghp_0123456789abcdefghijABCDEFGHIJ0123",
+    "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+    "xoxb-1234567890-abcdefghijKLMN",
+    "AKIAABCDEFGHIJKLMNOP",
+    "QyNTUxOQAAACBPRIVATEKEYBODY",
+    "abcdef0123456789xyz",
+    "plainvalue123",
+    "hunter22-secret",
+    "sk-ant-oat01-ABCD",
+)
+
+
+def test_redact_tokens_shapes() -> None:
+    text = (
+        "a ghp_0123456789abcdefghijABCDEFGHIJ0123 b gho_0123456789abcdefghij0123 "
+        "ghu_0123456789abcdefghij0123 ghs_0123456789abcdefghij0123 "
+        "ghr_0123456789abcdefghij0123 github_pat_11ABCDEFG0123456789_abcdefghijklmnop\n"
+        "xoxb-1234567890-abcdefghijKLMN xoxp-1234567890-abcdef AKIAABCDEFGHIJKLMNOP\n"
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\nshortline\n"
+        "-----END RSA PRIVATE KEY-----\n"
+        "Authorization: Bearer abcdef0123456789xyz\n"
+        "GITHUB_TOKEN=ghp_0123456789abcdefghijABCDEFGHIJ0123 api_key: 'k1k2k3k4' "
+        'SECRET="s3cr3t" Password = hunter2 "token": "jsonvalue"\n'
+        "ANTHROPIC_API_KEY=sk-ant-api03-ABCDEFGHIJKLMNOP\n"
+    )
+    out = redact_tokens(text)
+    for leaked in (
+        "0123456789abcdefghij",
+        "1234567890",
+        "AKIAABCD",
+        "MIIEpAIBAAKCAQEA",
+        "shortline",
+        "abcdef0123456789xyz",
+        "k1k2k3k4",
+        "s3cr3t",
+        "hunter2",
+        "jsonvalue",
+        "ABCDEFGHIJKLMNOP",
+    ):
+        assert leaked not in out, leaked
+    assert "<redacted private key>" in out
+    assert "Authorization: Bearer <redacted>" in out
+    assert "GITHUB_TOKEN=<redacted GitHub token>" in out
+    assert "ANTHROPIC_API_KEY=<redacted sk-ant token>" in out
+    # What is not a secret stays readable.
+    harmless = (
+        '{"apiKeyHelper": "echo proxy-managed", "max_tokens": 5} PWD=/home/agent '
+        "tokens used: 12 sha 0123456789abcdef0123456789abcdef"
+    )
+    assert redact_tokens(harmless) == harmless
+
+
+def test_start_up_chatter_and_tokens_stay_out_of_the_transcript(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text((SHELLS / "bashrc-leaks-secrets").read_text())
+    transcript = Transcript(tmp_path / "logs", "leaky")
+    with ShellSession(["bash", "-i"], env=helpers.base_env(home), transcript=transcript) as s:
+        s.start(ready_timeout=helpers.scaled(10))
+        # Command output is kept, with token shapes redacted.
+        out = s.run(f"cat '{home}/.bashrc'").output
+        assert "ghp_0123456789abcdefghijABCDEFGHIJ0123" in out, "callers get the real output"
+    assert transcript.path is not None
+    log = transcript.path.read_text()
+    for leaked in LEAKED:
+        assert leaked not in log, leaked
+    # The start-up chatter itself is only summed up.
+    assert re.search(r"# start-up output: \d+ bytes, \d+ lines; the last 3:", log)
+    assert log.count("EARLY-CHATTER-LINE") == 1, "only in the cat of the file"
+
+
+def test_a_failed_start_up_keeps_its_last_three_lines_redacted(tmp_path: Path) -> None:
+    env = _fake(tmp_path, "shell")
+    (tmp_path / "home" / ".bashrc").write_text(
+        (SHELLS / "bashrc-leaks-secrets").read_text() + "exit 3\n"
+    )
+    transcript = Transcript(tmp_path / "logs", "leaky")
+    with pytest.raises(ShellError) as info:
+        open_session(ARGV, env=env, transcript=transcript, boot_timeout=helpers.scaled(6))
+    assert "status 3" in info.value.message
+    assert "last words: <redacted sk-ant token>" in info.value.message
+    assert transcript.path is not None
+    log = transcript.path.read_text()
+    for leaked in LEAKED:
+        assert leaked not in log, leaked
+    assert "EARLY-CHATTER-LINE" not in log
+    assert re.search(r"# start-up output: \d+ bytes, 13 lines; the last 3:", log)
+    assert "< export SERVICE_API_KEY=<redacted>" in log
+    assert "< db password: <redacted>" in log
+    assert "< last words: <redacted sk-ant token>" in log
+
+
+# -- interrupted commands -------------------------------------------------------------------
+
+
+class Interrupted(BaseException):
+    """Stands for SIGTERM turned into an exception, or KeyboardInterrupt."""
+
+
+def test_a_command_interrupted_while_waiting_is_finished_before_the_next(tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+    with helpers.start_session("sh-plain", tmp_path / "home") as s:
+        child = s._child
+
+        def interrupted(*_a: object, **_k: object) -> int:
+            raise Interrupted
+
+        child.expect_list = interrupted
+        try:
+            with pytest.raises(Interrupted):
+                s.run(f"sleep 0.3; echo late; touch '{marker}'")
+        finally:
+            del child.expect_list
+        assert s.run("echo next").output == "next\n"
+        assert marker.exists(), "the interrupted command ran to its end first"
+        assert s.run("echo after").output == "after\n"
