@@ -266,7 +266,10 @@ def config_set(key: str, value: str) -> None:
 def config_unset(ctx: click.Context, key: str) -> None:
     """Remove KEY from the config file."""
     if not config_mod.unset_value(key, os.environ):
-        _state(ctx).reporter.info(f"{key} was not set in {config_mod.config_path(os.environ)}")
+        path = config_mod.config_path(os.environ)
+        home = os.path.expanduser("~")
+        shown = "~" + str(path)[len(home) :] if str(path).startswith(home + os.sep) else path
+        _state(ctx).reporter.info(f"{key} was not set in {shown}")
 
 
 @cli.command()

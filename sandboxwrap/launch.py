@@ -87,7 +87,9 @@ def report(ctx: RunContext, resolution: auth_mod.AuthResolution, result: PatchRe
         f"{resolution.mode} ({resolution.reason}): {result.phrase} in {result.sandbox}"
     )
     if result.backup:
-        ctx.reporter.info(f"backup of the previous file: {result.backup}")
+        ctx.reporter.info(
+            f"backup of the previous file, in sandbox {result.sandbox}: {result.backup}"
+        )
     for warning in (*resolution.warnings, *result.warnings):
         ctx.reporter.warn(warning)
 

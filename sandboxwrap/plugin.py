@@ -186,8 +186,10 @@ class Plugin:
         path = docker if os.sep in docker else shutil.which(docker, path=env.get("PATH"))
         if not path or not os.access(path, os.X_OK):
             raise DockerError(
-                f"docker not found ({docker!r} is not an executable on PATH)",
-                hint="install Docker Desktop 4.58 or later, or point SBX_DOCKER at docker",
+                f"docker not found ({docker!r} is not an executable"
+                + (")" if os.sep in docker else " on PATH)"),
+                hint="install Docker Desktop 4.58 or later, or name docker with --docker, "
+                "SBX_DOCKER or `sbx config set docker PATH`",
             )
         return cls(path, env)
 
