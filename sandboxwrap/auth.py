@@ -413,7 +413,15 @@ def resolve_auth(
         order = 'oauth over api-key (prefer = "oauth")'
     else:
         order = "api-key over oauth (Claude Code's own order)"
-    if api.found and login is not None:
+    if api.found and login is not None and profile_state == "unset":
+        # The key sbx sees is not the one the sandbox gets: Docker's proxy takes it from
+        # the login profile, which lacks it, so keeping the helper would give the 401.
+        detected, auto_reason = (
+            "oauth",
+            f"{_oauth_reason(login)}; ANTHROPIC_API_KEY is set here but not in your login"
+            " profile, so Docker's proxy has no key",
+        )
+    elif api.found and login is not None:
         if prefer == "oauth":
             detected, auto_reason = "oauth", f"{_oauth_reason(login)} (prefer = oauth)"
         else:

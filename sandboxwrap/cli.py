@@ -33,8 +33,20 @@ _OWN_OPTIONS = (
     "--no-profile-check",
     "--quiet",
     "--verbose",
+    "-q",  # `run` has no -q or -v of its own (`create -q` is another command)
+    "-v",
+    "-vv",
 )
-_OWN_FLAGS = ("--force", "--profile-check", "--no-profile-check", "--quiet", "--verbose")
+_OWN_FLAGS = (
+    "--force",
+    "--profile-check",
+    "--no-profile-check",
+    "--quiet",
+    "--verbose",
+    "-q",
+    "-v",
+    "-vv",
+)
 
 
 class State:
@@ -307,6 +319,10 @@ def main(argv: Sequence[str] | None = None, prog_name: str | None = None) -> NoR
     except click.UsageError as exc:
         reporter.error(exc.format_message())
         command = exc.ctx.command_path if exc.ctx else "sbx"
+        if exc.ctx is not None and exc.ctx.command.name == "run":
+            command = (
+                exc.ctx.parent.command_path if exc.ctx.parent else "sbx"
+            )  # run's help is the plugin's
         reporter.error(f"hint: see `{command} --help`")
         code = exc.exit_code
     except click.ClickException as exc:

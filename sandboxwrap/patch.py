@@ -225,6 +225,8 @@ class Watcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sbx-watch", daemon=True)
         self._baseline: str | None = None
+        self._last: str | None = None
+        self._final_look = False
 
     def start(self) -> None:
         """Note the file as sbx left it, then watch in the background.
@@ -240,27 +242,44 @@ class Watcher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching and wait for the thread (briefly)."""
+        """Stop watching, with one last look if the agent ended inside the window.
+
+        An agent that exits within a poll interval of a re-seed would otherwise leave
+        the plugin's helper behind for the next `exec … claude` in that sandbox.
+        """
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.patcher.options.timeout + 5)
+        if self._final_look and self.error is None and not self._thread.is_alive():
+            try:
+                if self.patcher.fingerprint() != self._last:
+                    result = self.patcher.apply()
+                    if result.action in ("removed", "inserted", "replaced", "reset"):
+                        self.reapplied.append(result)
+            except SbxError as exc:
+                self.error = exc
+            finally:
+                self.patcher.close()
 
     def _loop(self) -> None:
         deadline = time.monotonic() + self.duration
-        last = self._baseline
+        self._last = self._baseline
         try:
             while not self._stop.wait(self.interval) and time.monotonic() < deadline:
                 now = self.patcher.fingerprint()
-                if now == last:
+                if now == self._last:
                     continue
                 result = self.patcher.apply()
                 if result.action in ("removed", "inserted", "replaced", "reset"):
                     self.reapplied.append(result)
-                last = self.patcher.fingerprint()
+                self._last = self.patcher.fingerprint()
+            # Stopped early because the agent exited: stop() takes the last look.
+            self._final_look = self._stop.is_set()
         except SbxError as exc:
             self.error = exc
         except Exception as exc:  # a watcher must never take the agent down
             self.error = SbxError(f"watcher stopped: {exc!r}")
         finally:
-            # The window is over: leave no shell open in the sandbox for the agent's lifetime.
-            self.patcher.close()
+            if not self._final_look:
+                # The window is over: no shell stays open in the sandbox for the agent's life.
+                self.patcher.close()

@@ -877,7 +877,8 @@ def open_session(
                 hint += (
                     f"; each attempt that printed nothing was stopped after "
                     f"{format_seconds(hang)} s: a shell whose start-up files run that long "
-                    "without printing anything needs a higher --timeout"
+                    "without printing anything needs a higher --timeout, or `--shell sh` "
+                    "to skip them"
                 )
             raise ShellError(
                 f"{label} did not accept `docker sandbox exec` within "

@@ -653,6 +653,24 @@ CASES = [
         warnings=(w_not_in_profile("bash -l"),),
     ),
     Case(
+        # Docker's proxy gets its key from the profile: a key only in this terminal cannot
+        # reach the sandbox, so the login is the credential that works.
+        "profile-bash-key-only-here-with-login",
+        "oauth",
+        "login found in ~/.claude/.credentials.json; ANTHROPIC_API_KEY is set here but not"
+        " in your login profile, so Docker's proxy has no key",
+        login_shell="bash",
+        env={"ANTHROPIC_API_KEY": API_KEY},
+        files={".bash_profile": "# nothing here\n", CRED: LOGIN},
+        sources={
+            "api": yes("set in sbx's environment"),
+            "profile": no(
+                "does not export ANTHROPIC_API_KEY", name="login shell profile (bash -l)"
+            ),
+            "file": yes("claudeAiOauth access and refresh token; subscription: max"),
+        },
+    ),
+    Case(
         "profile-bash-noisy-profile",
         "api-key",
         "ANTHROPIC_API_KEY is set",

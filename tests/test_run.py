@@ -536,3 +536,30 @@ def test_patch_refuses_other_agents(sim: Sim, ws: Path) -> None:
     assert proc.returncode == 70
     assert "codex" in proc.stderr
     assert not sim.settings_path(name).exists()
+
+
+def test_reseed_then_an_agent_that_exits_at_once_still_leaves_the_file_right(
+    sim: Sim, ws: Path
+) -> None:
+    sim.knobs(RESEED=1, AGENT_CMD="true")
+    proc = sbx(sim, "run", "claude", str(ws))
+    assert proc.returncode == 0, proc.stderr
+    assert sim.settings("claude-my-project") == SEED_WITHOUT
+    assert "rewritten after the agent started" in proc.stderr
+
+
+def test_a_key_only_in_this_terminal_does_not_keep_the_helper_for_a_subscriber(
+    sim: Sim, ws: Path
+) -> None:
+    host_login(sim)
+    (sim.host_home / ".bash_profile").write_text("# no key here\n")
+    proc = sbx(
+        sim,
+        "run",
+        "claude",
+        str(ws),
+        env={"ANTHROPIC_API_KEY": API_KEY, "SBX_PROFILE_CHECK": "1", "SHELL": "/bin/bash"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sim.settings("claude-my-project") == SEED_WITHOUT
+    assert "so Docker's proxy has no key" in proc.stderr
