@@ -168,13 +168,17 @@ def _seconds(t: float) -> str:
 # --- the checks --------------------------------------------------------------------------
 
 
-def _check_api_key(environ: Mapping[str, str]) -> SourceCheck:
-    name = "ANTHROPIC_API_KEY"
+def _check_variable(environ: Mapping[str, str], name: str, kind: Kind) -> SourceCheck:
+    """Whether a credential variable is set (never its value)."""
     if _is_set(environ, name):
-        return SourceCheck(name, "api-key", True, "set in sbx's environment")
+        return SourceCheck(name, kind, True, "set in sbx's environment")
     if name in environ:
-        return SourceCheck(name, "api-key", False, "set but empty")
-    return SourceCheck(name, "api-key", False, "not set")
+        return SourceCheck(name, kind, False, "set but empty")
+    return SourceCheck(name, kind, False, "not set")
+
+
+def _check_api_key(environ: Mapping[str, str]) -> SourceCheck:
+    return _check_variable(environ, "ANTHROPIC_API_KEY", "api-key")
 
 
 def _login_shell(environ: Mapping[str, str], platform: str) -> str | None:
@@ -242,12 +246,7 @@ def _check_profile(
 
 
 def _check_oauth_token(environ: Mapping[str, str]) -> SourceCheck:
-    name = "CLAUDE_CODE_OAUTH_TOKEN"
-    if _is_set(environ, name):
-        return SourceCheck(name, "oauth", True, "set in sbx's environment")
-    if name in environ:
-        return SourceCheck(name, "oauth", False, "set but empty")
-    return SourceCheck(name, "oauth", False, "not set")
+    return _check_variable(environ, "CLAUDE_CODE_OAUTH_TOKEN", "oauth")
 
 
 def _check_keychain(environ: Mapping[str, str]) -> SourceCheck:

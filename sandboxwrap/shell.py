@@ -539,9 +539,7 @@ class ShellSession:
             if index == 0:
                 break
             if index == 1:
-                status = self._exit_status()
-                self._note(f"exec ended with status {status}")
-                raise ExecFailed(status, strip_ansi("".join(self._startup)))
+                raise self._exec_ended()
 
         # Phase 2: dash keeps the export flag of PS1 even after `unset`, and an exported
         # prompt would be printed by `env`, faking a prompt match later. So exec once more
@@ -574,9 +572,7 @@ class ShellSession:
                 if index == 0:
                     break
             if index == 1:
-                status = self._exit_status()
-                self._note(f"exec ended with status {status}")
-                raise ExecFailed(status, strip_ansi("".join(self._startup)))
+                raise self._exec_ended()
             wait = min(wait * 2, 4.0)
         self._ready = True
         self._note(f"ready after {time.monotonic() - t0:.2f} s")
@@ -592,6 +588,12 @@ class ShellSession:
         # No quotes: a cut line must not leave the shell inside an open quote.
         self._send(f"printf %s%s\\\\n SBXS {tail}")
         return re.compile(re.escape(f"SBXS{tail}"))
+
+    def _exec_ended(self) -> ExecFailed:
+        """The exec ended before the session was ready: say how, with what it printed."""
+        status = self._exit_status()
+        self._note(f"exec ended with status {status}")
+        return ExecFailed(status, strip_ansi("".join(self._startup)))
 
     def _sync(self, timeout: float) -> None:
         """Wait for a fresh marker and the prompt after it: skips any stale output."""
