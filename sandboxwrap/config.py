@@ -245,6 +245,8 @@ def format_value(value: object) -> str:
     """Render a setting's value the way `sbx config get` prints it (no quotes)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # `boot_timeout = 30` reads back as 30, not 30.0
     return str(value)
 
 
@@ -253,6 +255,8 @@ def _toml_value(value: object) -> str:
         import json  # a JSON string literal is a valid TOML basic string
 
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return repr(value)  # stays a TOML float: 90.0
     return format_value(value)
 
 

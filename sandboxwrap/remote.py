@@ -336,6 +336,16 @@ def _shell_user(session: Session) -> str:
     return "agent"
 
 
+def _owner(session: Session, path: str) -> str | None:
+    """The user name owning `path` in the sandbox (for hints), or None."""
+    with contextlib.suppress(ShellError, ValueError):
+        _set_var(session, "sbx_o", path)
+        result = session.run('command stat -c %U -- "$sbx_o" 2>/dev/null')
+        if result.status == 0:
+            return _last(result.output) or None
+    return None
+
+
 def _folder_error(
     session: Session, rf: RemoteFile, verb: str, detail: str, sandbox: str | None
 ) -> WriteError:
@@ -347,15 +357,22 @@ def _folder_error(
         user = _shell_user(session)
         name = sandbox or "SANDBOX"
         folder = _q(rf.folder)
-        fix = (
-            f"sudo chown -R {user} {folder}"
-            if verb == "write in"
-            else f"sudo install -d -o {user} {folder}"
-        )
-        hint = (
-            f"give the folder to the sandbox user {user}: "
-            f"`docker sandbox exec -it {name} {fix}` (it has passwordless sudo)"
-        )
+        if verb == "write in" and _owner(session, rf.folder) == user:
+            # Already the user's: only its mode is in the way (chown would change nothing).
+            hint = (
+                f"the folder belongs to {user} but is read-only: "
+                f"`docker sandbox exec -it {name} chmod u+w {folder}`"
+            )
+        else:
+            fix = (
+                f"sudo chown -R {user} {folder}"
+                if verb == "write in"
+                else f"sudo install -d -o {user} {folder}"
+            )
+            hint = (
+                f"give the folder to the sandbox user {user}: "
+                f"`docker sandbox exec -it {name} {fix}` (it has passwordless sudo)"
+            )
     return WriteError(
         f"cannot {verb} {_folder_display(rf)} (the folder of {rf.display}) in the sandbox: "
         f"{reason}",

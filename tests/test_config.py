@@ -360,9 +360,9 @@ def test_broken_file_is_reported_even_when_flags_cover_it(cfg: Path) -> None:
 ROUND_TRIPS = [
     ("auth", "oauth", "oauth", "oauth"),
     ("prefer", "OAUTH", "oauth", "oauth"),
-    ("boot_timeout", "90", 90.0, "90.0"),
+    ("boot_timeout", "90", 90.0, "90"),
     ("timeout", "2.5", 2.5, "2.5"),
-    ("watch", "0", 0.0, "0.0"),
+    ("watch", "0", 0.0, "0"),
     ("shell", "/bin/zsh", "/bin/zsh", "/bin/zsh"),
     ("profile_check", "off", False, "false"),
     ("docker", 'C:\\Program Files\\Docker\\docker.exe "x"', None, None),
@@ -402,7 +402,7 @@ def test_hyphenated_key_names_are_accepted(cfg: Path) -> None:
     environ = env_for(cfg)
     config.set_value("boot-timeout", "12", environ)
     assert tomllib.loads(cfg.read_text()) == {"boot_timeout": 12.0}
-    assert config.get_value("boot-timeout", environ) == "12.0"
+    assert config.get_value("boot-timeout", environ) == "12"
 
 
 def test_get_reports_effective_value(cfg: Path) -> None:

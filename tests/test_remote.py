@@ -676,10 +676,14 @@ def test_unwritable_claude_folder_fails_at_once(world_tmp: Path, how: str) -> No
         "permission denied"
     )
     assert info.value.hint is not None
-    assert f"`docker sandbox exec -it claude-proj sudo chown -R nobody {claude}`" in (
-        info.value.hint
-    )
-    assert "passwordless sudo" in info.value.hint
+    if how == "owned-by-root":
+        assert f"`docker sandbox exec -it claude-proj sudo chown -R nobody {claude}`" in (
+            info.value.hint
+        )
+        assert "passwordless sudo" in info.value.hint
+    else:  # already the user's folder: only the mode needs fixing
+        assert f"`docker sandbox exec -it claude-proj chmod u+w {claude}`" in info.value.hint
+        assert "chown" not in info.value.hint
     assert (claude / "settings.json").read_text() == '{"apiKeyHelper": "echo proxy-managed"}'
     _no_leftovers(claude)
 
