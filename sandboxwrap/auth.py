@@ -486,7 +486,8 @@ def _warnings(
     elif profile_state == "set" and not api.found:
         out.append(
             f"ANTHROPIC_API_KEY is set by your login shell profile ({shell}) but not here:"
-            " Docker Desktop's proxy will have it, so the sandbox will bill the API key;"
+            " Docker Desktop's proxy will have it, so requests from the sandbox may be billed to"
+            " the API key even without apiKeyHelper;"
             " remove it from the profile and restart Docker Desktop, or use --auth api-key"
         )
     if mode != "api-key" and login is None and cred_file is not None:

@@ -82,7 +82,8 @@ def w_not_in_profile(shell: str) -> str:
 def w_only_in_profile(shell: str) -> str:
     return (
         f"ANTHROPIC_API_KEY is set by your login shell profile ({shell}) but not here:"
-        " Docker Desktop's proxy will have it, so the sandbox will bill the API key;"
+        " Docker Desktop's proxy will have it, so requests from the sandbox may be billed to"
+        " the API key even without apiKeyHelper;"
         " remove it from the profile and restart Docker Desktop, or use --auth api-key"
     )
 
