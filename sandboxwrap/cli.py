@@ -19,16 +19,9 @@ from sandboxwrap.log import NORMAL, QUIET, Reporter
 if TYPE_CHECKING:
     from sandboxwrap import launch
 
-# sbx's own long options: seen after `run` they are a mistake, not plugin flags.
-_OWN_OPTIONS = (
-    "--auth",
-    "--prefer",
+# sbx's own options: seen after `run` they are a mistake, not plugin flags.
+_OWN_FLAGS = (
     "--force",
-    "--watch",
-    "--boot-timeout",
-    "--timeout",
-    "--shell",
-    "--docker",
     "--profile-check",
     "--no-profile-check",
     "--quiet",
@@ -37,15 +30,15 @@ _OWN_OPTIONS = (
     "-v",
     "-vv",
 )
-_OWN_FLAGS = (
-    "--force",
-    "--profile-check",
-    "--no-profile-check",
-    "--quiet",
-    "--verbose",
-    "-q",
-    "-v",
-    "-vv",
+_OWN_OPTIONS = (
+    "--auth",
+    "--prefer",
+    "--watch",
+    "--boot-timeout",
+    "--timeout",
+    "--shell",
+    "--docker",
+    *_OWN_FLAGS,
 )
 
 
@@ -186,9 +179,10 @@ def _state(ctx: click.Context) -> State:
 def run(ctx: click.Context, args: Sequence[str]) -> None:
     """Run `docker sandbox run ARGS…` with settings.json fixed first (all ARGS pass through)."""
     from sandboxwrap import launch
+    from sandboxwrap.plugin import own_options
 
     state = _state(ctx)
-    own_part = list(args[: args.index("--")] if "--" in args else args)
+    own_part = own_options(args)
     if any(a in ("-h", "--help") for a in own_part):
         state.reporter.info(
             "`sbx run` passes its arguments to `docker sandbox run` unchanged; sbx's own "
@@ -203,7 +197,7 @@ def run(ctx: click.Context, args: Sequence[str]) -> None:
             rest = list(args[:pos]) + list(args[pos + len(moved) :])
             raise click.UsageError(
                 f"{option} is an sbx option: put it before `run`, e.g. "
-                f"`sbx {shlex.join(moved)} run {shlex.join(rest)}`".replace(" `", " `", 1)
+                f"`sbx {shlex.join(moved)} run {shlex.join(rest)}`"
             )
     ctx.exit(launch.run(args, state.run_context()))
 

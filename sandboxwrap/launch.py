@@ -100,7 +100,7 @@ def run(args: Sequence[str], ctx: RunContext) -> int:
     plugin = plugin_mod.Plugin.find(ctx.settings.docker, ctx.environ)
     request = plugin_mod.parse_run_args(args, plugin_mod.logical_cwd(ctx.environ))
 
-    own = list(args[: list(args).index("--")] if "--" in args else args)
+    own = plugin_mod.own_options(args)
     if "-h" in own or "--help" in own:
         exec_plugin(plugin, args)  # help only: nothing to resolve, create or patch
 

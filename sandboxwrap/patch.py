@@ -40,6 +40,11 @@ class PatchResult:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def wrote(self) -> bool:
+        """Whether this pass changed the file."""
+        return self.action in ("removed", "inserted", "replaced", "reset")
+
+    @property
     def phrase(self) -> str:
         """The action as words for the one-line summary."""
         return _PHRASES.get(self.action, self.action)
@@ -224,7 +229,6 @@ class Watcher:
         self.error: SbxError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sbx-watch", daemon=True)
-        self._baseline: str | None = None
         self._last: str | None = None
         self._final_look = False
 
@@ -235,7 +239,7 @@ class Watcher:
         and the first look would otherwise become the baseline and go unseen.
         """
         try:
-            self._baseline = self.patcher.fingerprint()
+            self._last = self.patcher.fingerprint()
         except SbxError as exc:
             self.error = exc
             return
@@ -252,27 +256,26 @@ class Watcher:
             self._thread.join(timeout=self.patcher.options.timeout + 5)
         if self._final_look and self.error is None and not self._thread.is_alive():
             try:
-                if self.patcher.fingerprint() != self._last:
-                    result = self.patcher.apply()
-                    if result.action in ("removed", "inserted", "replaced", "reset"):
-                        self.reapplied.append(result)
+                self._look()
             except SbxError as exc:
                 self.error = exc
             finally:
                 self.patcher.close()
 
+    def _look(self) -> None:
+        """Re-apply the patch if the file changed since the last look."""
+        if self.patcher.fingerprint() == self._last:
+            return
+        result = self.patcher.apply()
+        if result.wrote:
+            self.reapplied.append(result)
+        self._last = self.patcher.fingerprint()
+
     def _loop(self) -> None:
         deadline = time.monotonic() + self.duration
-        self._last = self._baseline
         try:
             while not self._stop.wait(self.interval) and time.monotonic() < deadline:
-                now = self.patcher.fingerprint()
-                if now == self._last:
-                    continue
-                result = self.patcher.apply()
-                if result.action in ("removed", "inserted", "replaced", "reset"):
-                    self.reapplied.append(result)
-                self._last = self.patcher.fingerprint()
+                self._look()
             # Stopped early because the agent exited: stop() takes the last look.
             self._final_look = self._stop.is_set()
         except SbxError as exc:

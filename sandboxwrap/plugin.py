@@ -77,6 +77,12 @@ def default_name(agent: str, workspace: str) -> str:
     return f"{agent}-{base}"
 
 
+def own_options(args: Sequence[str]) -> list[str]:
+    """The arguments that belong to `run` itself: everything before `--`."""
+    args = list(args)
+    return args[: args.index("--")] if "--" in args else args
+
+
 def logical_cwd(environ: Mapping[str, str] | None = None) -> str:
     """The current directory as the user's shell names it ($PWD, symlinks kept).
 
@@ -275,7 +281,7 @@ class Plugin:
         rules (and any option sbx does not know) apply exactly as for their `run`. The
         plugin's progress goes to stderr; the id it prints is not needed.
         """
-        own = list(args[: list(args).index("--")] if "--" in args else args)
+        own = own_options(args)
         before = {box.name for box in self.sandboxes()}
         try:
             proc = subprocess.Popen(
