@@ -203,6 +203,27 @@ class Sim:
             check=False,
         )
 
+    def sbx_at_once(self, count: int, *args: str) -> list[subprocess.CompletedProcess[str]]:
+        """Start `count` identical sbx processes together (several terminals) and wait."""
+        env = {**self.env, "SBX_PROFILE_CHECK": "0"}
+        argv = [sys.executable, "-m", "sandboxwrap", *args]
+        procs = [
+            subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+        outs = [p.communicate(timeout=scaled(120)) for p in procs]
+        return [
+            subprocess.CompletedProcess(argv, p.returncode, out, err)
+            for p, (out, err) in zip(procs, outs, strict=True)
+        ]
+
     def argv_log(self) -> list[list[str]]:
         """Every argv the simulator received (without the leading `docker`), oldest first."""
         path = self.state / "argv.log"

@@ -480,20 +480,8 @@ def test_stopped_sandbox_with_its_own_name_is_found(sim: Sim, ws: Path) -> None:
 
 
 def test_new_workspace_started_from_several_terminals_at_once(sim: Sim, ws: Path) -> None:
-    env = {**sim.env, "SBX_PROFILE_CHECK": "0"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "sandboxwrap", "run", "claude", str(ws)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    outs = [p.communicate(timeout=scaled(120)) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, outs
+    results = sim.sbx_at_once(4, "run", "claude", str(ws))
+    assert [r.returncode for r in results] == [0] * 4, results
     assert [s["name"] for s in sim.sandboxes()] == ["claude-my-project"]
     assert sim.settings("claude-my-project") == SEED_WITHOUT
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Sim, scaled
+from conftest import Sim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "shells"))
 from helpers import make_shell
@@ -142,20 +142,8 @@ def test_other_layers_that_set_the_helper_are_named(sim: Sim, box: str) -> None:
 
 
 def test_two_sbx_at_once_end_with_a_valid_right_file(sim: Sim, box: str) -> None:
-    env = {**sim.env, "SBX_PROFILE_CHECK": "0"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "sandboxwrap", "--watch", "0", "run", box],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        for _ in range(3)
-    ]
-    results = [p.communicate(timeout=scaled(120)) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], results
+    results = sim.sbx_at_once(3, "--watch", "0", "run", box)
+    assert [r.returncode for r in results] == [0, 0, 0], results
     assert sim.settings(box) == SEED_WITHOUT
     leftovers = [p.name for p in sim.settings_path(box).parent.iterdir() if "sbx" in p.name]
     assert leftovers == []
